@@ -1,0 +1,151 @@
+"""The ``steward`` command line; the only module that calls sys.exit."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.config import BUILTIN, Config, ConfigError, load
+from agent.config.schema import to_toml
+from agent.env import DEFAULT_STATE_DIR, Env
+from agent.fileio import write_atomic
+from agent.output import FORMATS
+from agent.registry import Registry, discover
+from agent.runner import Selector, resolve, run_all
+
+EXIT_USAGE = 2
+log = logging.getLogger("steward")
+
+
+def _common(parser: argparse.ArgumentParser, top: bool) -> None:
+    # On sub-commands the defaults are suppressed so "steward --config X check" keeps X.
+    d: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("--config", metavar="PATH", type=Path, **d,
+                        help="config file (default /etc/steward/steward.toml if present, "
+                        "else the built-in default)")
+    parser.add_argument("--state-dir", metavar="DIR", type=Path, **d,
+                        help=f"steward's state (default $STEWARD_STATE_DIR or {DEFAULT_STATE_DIR})")
+    parser.add_argument("-v", "--verbose", action="count", **({"default": 0} if top else d),
+                        help="more log output on stderr (-vv for debug)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="steward",
+        description="Caretaker of a mail/web/DNS appliance. 'steward check' answers: is this "
+        "box healthy? Exit codes follow Nagios: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN; a bad config "
+        "or bad arguments exit 2 with a message.")
+    p.add_argument("--version", action="version", version=f"steward {__version__}")
+    _common(p, top=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    c = sub.add_parser("check", help="run every enabled check once and report",
+                       description="Run every enabled check once, concurrently, and report. "
+                       "The exit code is the worst status: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN.")
+    _common(c, top=False)
+    c.add_argument("--format", choices=sorted(FORMATS), default="text",
+                   help="text for people (default), json for scripts, nagios (status line, "
+                   "perfdata, long output), prometheus (textfile-collector format)")
+    c.add_argument("--output", metavar="FILE", type=Path,
+                   help="write the report to FILE atomically instead of standard output "
+                   "(e.g. node_exporter's textfile directory)")
+    c.add_argument("--only", metavar="PATTERN", action="append", default=[],
+                   help="run only checks whose name or id matches (glob; repeatable), "
+                   "e.g. --only service --only 'disk:/var*'")
+    c.add_argument("--skip", metavar="PATTERN", action="append", default=[],
+                   help="leave out checks whose name or id matches (glob; repeatable)")
+
+    cfg = sub.add_parser("config", help="validate or show the configuration",
+                         description="Validate or show the configuration.")
+    _common(cfg, top=False)
+    csub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
+    csub.required = True
+    for name, text in (("check", "validate the config file; exit 0 if valid, 2 if not"),
+                       ("show", "print the effective config: defaults and discovered values "
+                        "filled in")):
+        _common(csub.add_parser(name, help=text, description=text[0].upper() + text[1:] + "."),
+                top=False)
+    return p
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.state_dir is not None:
+        return Path(args.state_dir)
+    return Path(os.environ.get("STEWARD_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def _setup(args: argparse.Namespace) -> tuple[Registry, Env]:
+    registry = discover()
+    config = load(args.config, registry.checks, registry.broken_checks)
+    return registry, Env(config, state_dir=_state_dir(args))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    registry, env = _setup(args)
+    selector = Selector(tuple(args.only), tuple(args.skip))
+    env = resolve(registry, env, selector)
+    report = run_all(registry, env, selector)
+    host = socket.gethostname()
+    if args.output:
+        write_atomic(args.output, FORMATS[args.format](report, host, False))
+    else:
+        sys.stdout.write(FORMATS[args.format](report, host, sys.stdout.isatty()))
+    return int(report.status)
+
+
+def show_config(config: Config) -> str:
+    lines = [f"# effective configuration from {config.source}",
+             "# (built-in defaults and discovered values filled in)"]
+    for name, opts in sorted(config.checks.items()):
+        lines.append(f"\n[checks.{name}]")
+        for f in dataclasses.fields(opts):
+            value = getattr(opts, f.name)
+            doc = f.metadata.get("doc", "")
+            if value is None:
+                lines.append(f"# {f.name} =   # not set: {doc}")
+            else:
+                lines.append(f"{f.name} = {to_toml(value)}" + (f"   # {doc}" if doc else ""))
+    for name in sorted(config.unloaded):
+        lines.append(f"\n# [checks.{name}] is kept as written: its plugin failed to load")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    registry, env = _setup(args)
+    if args.config_command == "show":
+        sys.stdout.write(show_config(resolve(registry, env).config))
+        return 0
+    cfg = env.config
+    enabled = sum(o.enabled for o in cfg.checks.values())
+    where = cfg.source if cfg.source != BUILTIN else "no config file; the built-in default"
+    print(f"OK: {where} is valid ({len(cfg.checks)} checks, {enabled} enabled)")
+    for reason in registry.failures.values():
+        print(f"warning: {reason}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="steward: %(levelname)s %(name)s: %(message)s")
+    handler = {"check": cmd_check, "config": cmd_config}[args.command]
+    try:
+        code = handler(args)
+    except ConfigError as e:
+        print(f"steward: config error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(code)

@@ -1,0 +1,97 @@
+"""steward.toml: loading, validation into frozen dataclasses, and the built-in default."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.config.schema import _ABSENT, CheckOptions, ConfigError, build
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - EL9's Python 3.9
+    import tomli as tomllib
+
+DEFAULT_PATH = Path("/etc/steward/steward.toml")
+BUILTIN = "<built-in default>"
+# Tables a config file may hold; later capabilities add theirs here.
+TABLES = ("checks",)
+
+__all__ = ["BUILTIN", "DEFAULT_PATH", "CheckOptions", "Config", "ConfigError", "load"]
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str  # the file it came from, or BUILTIN
+    checks: Mapping[str, CheckOptions] = field(default_factory=dict)
+    # Tables of check plugins that failed to load: kept unvalidated, reported by the registry.
+    unloaded: Mapping[str, Any] = field(default_factory=dict)
+
+
+def load(path: Path | None, plugins: Mapping[str, type[Any]],
+         broken: frozenset[str] = frozenset()) -> Config:
+    """Read and validate the config.
+
+    ``path`` None means the default file if it exists, else the built-in default.
+    ``plugins`` maps check names to their classes (for their ``Options``); ``broken`` names
+    plugins that failed to load, whose tables are accepted unchecked.
+    """
+    if path is None:
+        if not DEFAULT_PATH.exists():
+            return from_tables({}, BUILTIN, plugins, broken)
+        path = DEFAULT_PATH
+    name = str(path)
+    try:
+        with open(path, "rb") as fh:
+            _refuse_unsafe(fh.fileno(), name)
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(name, "", _ABSENT, "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(name, "", _ABSENT, "is a directory, not a file") from None
+    except PermissionError:
+        raise ConfigError(name, "", _ABSENT, "permission denied") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(name, "", _ABSENT, f"not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(name, "", _ABSENT, "not valid TOML: not UTF-8 text") from None
+    return from_tables(data, name, plugins, broken)
+
+
+def _refuse_unsafe(fd: int, name: str) -> None:
+    """As root, a config others can change would let them run commands as root: refuse it."""
+    if os.geteuid() != 0:
+        return
+    st = os.fstat(fd)
+    if st.st_uid != 0:
+        raise ConfigError(name, "", _ABSENT, f"owned by uid {st.st_uid}, not root; refusing it "
+                          "while running as root", "chown root: " + name)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(name, "", _ABSENT, f"mode {stat.S_IMODE(st.st_mode):04o} lets group "
+                          "or others write it; refusing it while running as root",
+                          "chmod go-w " + name)
+
+
+def from_tables(data: Mapping[str, Any], source: str, plugins: Mapping[str, type[Any]],
+                broken: frozenset[str] = frozenset()) -> Config:
+    for key in data:
+        if key not in TABLES:
+            raise ConfigError(source, key, _ABSENT, "unknown table", ", ".join(TABLES))
+    tables = data.get("checks", {})
+    if not isinstance(tables, Mapping):
+        raise ConfigError(source, "checks", tables, "must be a table", "[checks.<name>] tables")
+    for key, table in tables.items():
+        if key not in plugins and key not in broken:
+            raise ConfigError(source, f"checks.{key}", _ABSENT, "unknown check",
+                              ", ".join(sorted(plugins)))
+        if key in broken and not isinstance(table, Mapping):
+            raise ConfigError(source, f"checks.{key}", table, "must be a table")
+    checks = {name: build(cls.Options, tables.get(name, {}), source, f"checks.{name}")
+              for name, cls in sorted(plugins.items())}
+    unloaded = {k: v for k, v in tables.items() if k in broken}
+    return Config(source, checks, unloaded)

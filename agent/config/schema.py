@@ -1,0 +1,168 @@
+"""Declarative option fields: each knows how to parse TOML input and what it accepts.
+
+Options dataclasses (one per check plugin, one per config table) declare their fields with
+``option(default, parser)``; ``build`` turns a TOML table into a frozen instance or raises a
+ConfigError naming file, key, value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from agent.ranges import ACCEPTED as RANGE_ACCEPTED
+from agent.ranges import Range
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration problem a person can fix: where, what was found, what is accepted."""
+
+    def __init__(self, file: str, key: str, value: Any, problem: str, accepted: str = "") -> None:
+        self.file, self.key, self.value = file, key, value
+        self.problem, self.accepted = problem, accepted
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.key}" if self.key else self.file
+        shown = "" if self.value is _ABSENT else f" = {_show(self.value)}"
+        acc = f" (accepted: {self.accepted})" if self.accepted else ""
+        return f"{where}{shown}: {self.problem}{acc}"
+
+
+_ABSENT: Any = object()
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else '"' + value.replace('"', '\\"') + '"'
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclass(frozen=True)
+class Parser:
+    """Turns a TOML value into a typed one; raises ValueError saying why not."""
+
+    parse: Callable[[Any], Any]
+    accepted: str
+
+
+def option(default: T, parser: Parser, doc: str = "") -> T:
+    return dataclasses.field(default=default, metadata={"parser": parser, "doc": doc})
+
+
+def _boolean(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("not true or false")
+    return v
+
+
+BOOLEAN = Parser(_boolean, "true or false")
+
+
+def number(lo: float = -math.inf, hi: float = math.inf, integer: bool = False) -> Parser:
+    kind = "a whole number" if integer else "a number"
+    bounds = f" from {lo:g} to {hi:g}" if math.isfinite(lo) and math.isfinite(hi) else (
+        f" of at least {lo:g}" if math.isfinite(lo) else "")
+
+    def parse(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (
+                integer and not isinstance(v, int)):
+            raise ValueError(f"not {kind}")
+        if not (lo <= v <= hi):
+            raise ValueError("out of range")
+        return int(v) if integer else float(v)
+
+    return Parser(parse, kind + bounds)
+
+
+def choice(*values: str) -> Parser:
+    def parse(v: Any) -> str:
+        if v not in values:
+            raise ValueError("not one of the choices")
+        return str(v)
+
+    return Parser(parse, ", ".join(f'"{c}"' for c in values))
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError("not a non-empty string")
+    return v
+
+
+TEXT = Parser(_text, "a non-empty string")
+
+
+def _range(v: Any) -> Range:
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise ValueError("not a range")
+    return Range.parse(str(v))
+
+
+RANGE = Parser(_range, RANGE_ACCEPTED)
+
+
+def listing(item: Parser) -> Parser:
+    """A TOML array whose items all pass ``item``; kept as a tuple."""
+
+    def parse(v: Any) -> tuple[Any, ...]:
+        if not isinstance(v, list):
+            raise ValueError("not a list")
+        out = []
+        for i, x in enumerate(v):
+            try:
+                out.append(item.parse(x))
+            except ValueError as e:
+                raise ValueError(f"item {i + 1} ({_show(x)}): {e}") from None
+        return tuple(out)
+
+    return Parser(parse, f"a list, each item {item.accepted}")
+
+
+GLOBS = listing(Parser(_text, "a name or glob pattern"))
+
+
+def build(cls: type[T], table: Any, file: str, prefix: str) -> T:
+    """An instance of Options dataclass ``cls`` from TOML ``table`` at ``prefix``."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(file, prefix, table, "must be a table", "a [table] of keys")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        f = fields.get(key)
+        if f is None or "parser" not in f.metadata:
+            raise ConfigError(file, f"{prefix}.{key}", _ABSENT, "unknown key",
+                              ", ".join(n for n, g in fields.items() if "parser" in g.metadata))
+        parser: Parser = f.metadata["parser"]
+        try:
+            values[key] = parser.parse(raw)
+        except ValueError as e:
+            raise ConfigError(file, f"{prefix}.{key}", raw, str(e), parser.accepted) from None
+    return cls(**values)
+
+
+def to_toml(value: Any) -> str:
+    """Render an option value as TOML (for ``steward config show``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, Range):
+        return to_toml(value.text)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(to_toml(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"cannot render {value!r} as TOML")
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """Keys every ``[checks.<name>]`` table accepts."""
+
+    enabled: bool = option(True, BOOLEAN, "run this check")
+    timeout: float = option(10.0, number(0.1, 3600), "seconds before the check is UNKNOWN")

@@ -1,0 +1,164 @@
+"""The vocabulary every part of steward speaks: Status, Metric, Result, Check and Action."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from agent.config.schema import CheckOptions
+    from agent.env import Env
+
+# Units of measure the Nagios plugin guidelines allow in perfdata.
+UOMS = frozenset({"", "s", "ms", "us", "%", "B", "KB", "MB", "GB", "TB", "c"})
+
+
+class Status(IntEnum):
+    """Check outcome, in Nagios order; the value is the plugin exit code."""
+
+    OK = 0
+    WARN = 1
+    CRIT = 2
+    UNKNOWN = 3
+
+    @property
+    def severity(self) -> int:
+        """Rank for "worst": UNKNOWN sits between WARN and CRIT, as Nagios treats it."""
+        return _SEVERITY[self]
+
+    @property
+    def long_name(self) -> str:
+        return _LONG[self]
+
+
+_SEVERITY = {Status.OK: 0, Status.WARN: 1, Status.UNKNOWN: 2, Status.CRIT: 3}
+_LONG = {Status.OK: "OK", Status.WARN: "WARNING", Status.CRIT: "CRITICAL",
+         Status.UNKNOWN: "UNKNOWN"}
+
+
+def worst(statuses: Iterable[Status]) -> Status:
+    """The most severe status (CRIT > UNKNOWN > WARN > OK); OK for nothing at all."""
+    return max(statuses, key=lambda s: s.severity, default=Status.OK)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One measured value, enough to render Nagios perfdata and a Prometheus sample."""
+
+    name: str
+    value: float
+    uom: str = ""
+    warn: str = ""  # the Nagios range text that the value was judged against
+    crit: str = ""
+    min: float | None = None
+    max: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.uom not in UOMS:
+            raise ValueError(f"metric {self.name!r}: unit {self.uom!r} is not one of "
+                             f"{sorted(UOMS)}")
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise ValueError(f"metric name {self.name!r} must be letters, digits and underscores")
+        if not math.isfinite(self.value):
+            raise ValueError(f"metric {self.name!r}: value {self.value!r} is not a finite number")
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one check found about one thing."""
+
+    check: str  # stable id, e.g. "service:postfix", "disk:/var"
+    status: Status
+    summary: str  # one line a person reads in a mail subject
+    details: str = ""
+    metrics: tuple[Metric, ...] = ()
+    remedy: str = ""  # what the administrator should do about it
+    duration: float = 0.0  # seconds the producing check ran; set by the runner
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, Status):
+            raise TypeError(f"result {self.check!r}: status {self.status!r} is not a Status")
+        if "\n" in self.summary:
+            raise ValueError(f"result {self.check!r}: summary must be one line")
+
+
+class Check(ABC):
+    """Base of every check plugin.
+
+    A plugin class is registered under ``steward.checks`` with its ``name``; its ``Options``
+    dataclass is the schema of its ``[checks.<name>]`` table. ``instances`` expands one
+    configured plugin into the units the runner schedules (each with its own timeout), and
+    ``run`` reads the world through ``env`` and returns Results. Checks never act.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[CheckOptions]]
+
+    def __init__(self, options: CheckOptions, target: str = "") -> None:
+        self.options = options
+        self.target = target
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}:{self.target}" if self.target else self.name
+
+    @property
+    def timeout(self) -> float:
+        return self.options.timeout
+
+    # Plugins resolve in this order, so one may build its defaults on another's (ports on
+    # the discovered services).
+    resolve_order: ClassVar[int] = 1
+
+    @classmethod
+    def resolve(cls, options: Any, env: Env) -> Any:
+        """Options with auto-discovered defaults filled in (``steward config show`` prints
+        them). Runs once at start-up, before any instance is planned."""
+        return options
+
+    @classmethod
+    def instances(cls, options: Any, env: Env) -> Iterable[Check]:
+        """The schedulable instances of this plugin; one by default. Must be cheap."""
+        return [cls(options)]
+
+    @abstractmethod
+    def run(self, env: Env) -> Iterable[Result]:
+        """Look, and say what was found; exceptions become UNKNOWN in the runner."""
+
+    def result(self, status: Status, summary: str, target: str | None = None,
+               **kw: Any) -> Result:
+        """A Result whose id is this check's, or ``name:target`` for another target."""
+        rid = self.id if target is None else f"{self.name}:{target}"
+        return Result(rid, status, summary, **kw)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A check moving from one status to another; what actions react to."""
+
+    check: str
+    before: Status | None
+    after: Result
+    since: float
+
+
+@dataclass(frozen=True)
+class ActionOutcome:
+    action: str
+    ok: bool
+    message: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Action(ABC):
+    """Base of action plugins (restart, notify, backup...) registered under ``steward.actions``."""
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def handle(self, event: Transition, env: Env) -> ActionOutcome:
+        """React to a transition; report what was done."""

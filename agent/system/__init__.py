@@ -1,0 +1,1 @@
+"""Adapters: one small class per side effect (commands, systemd, clock)."""

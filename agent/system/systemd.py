@@ -1,0 +1,96 @@
+"""systemd adapter: unit state for many units in one ``systemctl show`` call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent.system.commands import CommandError, CommandRunner
+
+PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "Result", "NRestarts",
+              "UnitFileState")
+
+
+class SystemdUnavailable(CommandError):
+    """systemctl cannot reach a systemd manager (not booted with systemd, no bus)."""
+
+
+@dataclass(frozen=True)
+class UnitState:
+    name: str  # as asked for, e.g. "postfix"
+    id: str  # as systemd resolved it, e.g. "postfix.service"
+    load_state: str  # loaded, not-found, masked, bad-setting, error
+    active_state: str  # active, reloading, inactive, failed, activating, deactivating
+    sub_state: str  # running, exited, dead, failed, auto-restart, start...
+    result: str  # success, exit-code, signal, core-dump, timeout, start-limit-hit...
+    n_restarts: int
+    unit_file_state: str  # enabled, disabled, static, masked, "" when not found...
+
+    @property
+    def exists(self) -> bool:
+        return self.load_state not in ("not-found", "")
+
+    @property
+    def enabled(self) -> bool:
+        return self.unit_file_state in ("enabled", "enabled-runtime", "static", "indirect",
+                                        "generated", "alias", "linked", "linked-runtime")
+
+
+def unit_name(name: str) -> str:
+    """``postfix`` -> ``postfix.service``; names with a unit suffix are kept."""
+    return name if "." in name.rsplit("@", 1)[-1] else f"{name}.service"
+
+
+class Systemd:
+    """Reads unit state through systemctl. ``systemctl`` is the argv prefix to run it with
+    (tests point it into a container with nsenter; the appliance uses plain ``systemctl``)."""
+
+    def __init__(self, runner: CommandRunner, systemctl: Sequence[str] = ("systemctl",),
+                 timeout: float = 15.0) -> None:
+        self._runner = runner
+        self._systemctl = tuple(systemctl)
+        self._timeout = timeout
+
+    def show(self, units: Sequence[str]) -> list[UnitState]:
+        """State of each unit, in the order asked, with one systemctl call."""
+        if not units:
+            return []
+        names = [unit_name(u) for u in units]
+        argv = [*self._systemctl, "show", "--no-pager", "--property=" + ",".join(PROPERTIES),
+                "--", *names]
+        try:
+            out = self._runner.run(argv, timeout=self._timeout).stdout
+        except CommandError as e:
+            if _unavailable(e.stderr_tail):
+                raise SystemdUnavailable(e.argv, e.returncode, e.stderr_tail,
+                                         "systemd is not reachable") from None
+            raise
+        blocks = [b for b in out.strip("\n").split("\n\n") if b.strip()]
+        if len(blocks) != len(names):
+            raise CommandError(argv, 0, out, f"expected {len(names)} unit blocks, "
+                                             f"got {len(blocks)}")
+        return [_parse(asked, block) for asked, block in zip(units, blocks)]
+
+
+def _unavailable(stderr: str) -> bool:
+    s = stderr.lower()
+    return ("not been booted with systemd" in s or "failed to connect to bus" in s
+            or ("connection refused" in s and "systemd" in s))
+
+
+def _parse(asked: str, block: str) -> UnitState:
+    props = dict(line.partition("=")[::2] for line in block.splitlines())
+    try:
+        restarts = int(props.get("NRestarts", "0") or "0")
+    except ValueError:
+        restarts = 0
+    return UnitState(
+        name=asked,
+        id=props.get("Id", unit_name(asked)),
+        load_state=props.get("LoadState", ""),
+        active_state=props.get("ActiveState", ""),
+        sub_state=props.get("SubState", ""),
+        result=props.get("Result", ""),
+        n_restarts=restarts,
+        unit_file_state=props.get("UnitFileState", ""),
+    )

@@ -1,0 +1,1 @@
+"""Whole-system backup: layout capture, archive, manifest, verify, retention (issue [G])."""

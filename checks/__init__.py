@@ -1,0 +1,1 @@
+"""Check plugins, one module per family; each class is declared in pyproject's entry points."""

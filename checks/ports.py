@@ -1,0 +1,99 @@
+"""TCP ports that must accept connections; by default those of the appliance's services."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.config.schema import RANGE, CheckOptions, Parser, listing, number, option
+from agent.env import Env
+from agent.model import Check, Metric, Result, Status
+from agent.ranges import Range, judge
+from agent.system.commands import CommandError
+from checks.services import discover
+
+# Where each appliance service listens by default (checked on localhost).
+SERVICE_PORTS = {"sshd": (22,), "postfix": (25,), "named": (53,), "named-chroot": (53,),
+                 "httpd": (80,), "dovecot": (993,)}
+
+
+def split_target(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ValueError says what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("not host:port with a port from 1 to 65535")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError("IPv6 address not closed with ]")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("IPv6 addresses need brackets: [::1]:25")
+    return host, int(port)
+
+
+def _target(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("not a string")
+    split_target(v)
+    return v
+
+
+@dataclass(frozen=True)
+class PortOptions(CheckOptions):
+    targets: tuple[str, ...] | None = option(
+        None, listing(Parser(_target, '"host:port" or "[ipv6]:port"')),
+        "ports to connect to; unset: the default ports of the watched appliance services")
+    connect_timeout: float = option(3.0, number(0.01, 600), "seconds to wait for the connection")
+    warn: Range | None = option(None, RANGE, "connect time, seconds")
+    crit: Range | None = option(None, RANGE, "connect time, seconds")
+    timeout: float = option(5.0, number(0.1, 3600), "seconds before the check is UNKNOWN")
+
+
+class PortCheck(Check):
+    name = "port"
+    Options = PortOptions
+    options: PortOptions
+
+    @classmethod
+    def resolve(cls, options: PortOptions, env: Env) -> PortOptions:
+        if options.targets is not None:
+            return options
+        units = getattr(env.config.checks.get("service"), "units", None)
+        if units is None:
+            try:
+                units = discover(env)
+            except CommandError:
+                units = ()  # no systemd: no services to derive ports from
+        ports = sorted({p for u in units for p in SERVICE_PORTS.get(u, ())})
+        return dataclasses.replace(options, targets=tuple(f"localhost:{p}" for p in ports))
+
+    @classmethod
+    def instances(cls, options: PortOptions, env: Env) -> Iterable[Check]:
+        return [cls(options, t) for t in options.targets or ()]
+
+    def run(self, env: Env) -> Iterable[Result]:
+        host, port = split_target(self.target)
+        o = self.options
+        t0 = time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=o.connect_timeout):
+                took = time.monotonic() - t0
+        except socket.gaierror as e:
+            return [self.result(Status.CRIT, f"cannot resolve {host}: {e.strerror}",
+                                remedy=f"check the name, /etc/hosts and the resolver for {host}")]
+        except socket.timeout:
+            return [self.result(Status.CRIT, f"no answer within {o.connect_timeout:g} s",
+                                remedy=f"a firewall drops it, or the listener is hung: "
+                                f"ss -ltnp 'sport = :{port}'")]
+        except OSError as e:
+            return [self.result(Status.CRIT, f"cannot connect: {e.strerror or e}",
+                                remedy=f"is the service listening? ss -ltnp 'sport = :{port}'")]
+        status = Status(judge(took, o.warn, o.crit))
+        return [self.result(status, f"accepting connections ({took * 1000:.1f} ms)",
+                            metrics=(Metric("connect_time", round(took, 6), "s",
+                                            o.warn.text if o.warn else "",
+                                            o.crit.text if o.crit else "", 0),))]

@@ -1,0 +1,110 @@
+"""systemd units of the appliance: running, enabled, not failed or stuck restarting."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from agent.config.schema import TEXT, CheckOptions, choice, listing, option
+from agent.env import Env
+from agent.model import Check, Metric, Result, Status
+from agent.system.commands import CommandError
+from agent.system.systemd import SystemdUnavailable, UnitState, unit_name
+
+# What an EL9 mail/web/DNS appliance may run; the default config watches those present here.
+APPLIANCE_UNITS = ("postfix", "dovecot", "httpd", "named", "named-chroot", "opendkim", "rspamd",
+                   "redis", "sshd", "chronyd", "firewalld", "crond", "auditd", "rsyslog",
+                   "fail2ban")
+
+
+@dataclass(frozen=True)
+class ServiceOptions(CheckOptions):
+    units: tuple[str, ...] | None = option(
+        None, listing(TEXT), "units to watch; unset: the appliance services enabled or running")
+    missing: str = option("crit", choice("crit", "warn", "skip"),
+                          "what a listed unit that does not exist is")
+
+
+def discover(env: Env, candidates: Sequence[str] = APPLIANCE_UNITS) -> tuple[str, ...]:
+    """The candidates that exist here and are enabled or running (installed-but-unused is not
+    watched). Raises SystemdUnavailable when systemd cannot be asked."""
+    return tuple(u.name for u in env.systemd.show(candidates)
+                 if u.exists and (u.enabled or u.active_state != "inactive"))
+
+
+class ServiceCheck(Check):
+    name = "service"
+    Options = ServiceOptions
+    options: ServiceOptions
+    resolve_order = 0
+
+    @classmethod
+    def resolve(cls, options: ServiceOptions, env: Env) -> ServiceOptions:
+        if options.units is not None:
+            return options
+        try:
+            return dataclasses.replace(options, units=discover(env))
+        except CommandError:
+            return options  # run() reports why systemd could not be asked
+
+    def run(self, env: Env) -> Iterable[Result]:
+        explicit = self.options.units is not None
+        try:
+            units = self.options.units if explicit else discover(env)
+            states = env.systemd.show(list(dict.fromkeys(units or ())))
+        except SystemdUnavailable as e:
+            return [self.result(Status.UNKNOWN, "cannot read unit states: systemd is not "
+                                "running here", details=e.stderr_tail,
+                                remedy="run steward on a host booted with systemd, or set "
+                                "[checks.service] enabled = false")]
+        out = []
+        for st in states:
+            if not st.exists and self.options.missing == "skip":
+                continue
+            out.append(self.judge(st))
+        return out
+
+    def judge(self, u: UnitState) -> Result:
+        journal = f"journalctl -u {u.id} -b -n 50"
+        restarts = (Metric("restarts", u.n_restarts, "c", min=0),)
+        common = {"metrics": restarts, "details": _describe(u)}
+        if not u.exists:
+            bad = Status.CRIT if self.options.missing == "crit" else Status.WARN
+            return self.result(bad, f"unit {unit_name(u.name)} not found", target=u.name,
+                               details=_describe(u),
+                               remedy="install the package that provides it, or remove it "
+                               "from [checks.service] units")
+        if u.load_state == "masked" or u.unit_file_state == "masked":
+            return self.result(Status.CRIT, "masked: it cannot be started", target=u.name,
+                               remedy=f"systemctl unmask {u.id} && systemctl enable --now {u.id}",
+                               **common)
+        if u.load_state != "loaded":
+            return self.result(Status.CRIT, f"unit file cannot be loaded ({u.load_state})",
+                               target=u.name, remedy=f"systemd-analyze verify {u.id}", **common)
+        state, sub = u.active_state, u.sub_state
+        more = f", {u.n_restarts} restarts" if u.n_restarts else ""
+        if state in ("active", "reloading"):
+            if not u.enabled:
+                return self.result(Status.WARN, f"running but {u.unit_file_state or 'not enabled'}"
+                                   ": it will not start at boot", target=u.name,
+                                   remedy=f"systemctl enable {u.id}", **common)
+            return self.result(Status.OK, f"{state} ({sub}){more}", target=u.name, **common)
+        if state == "activating" and sub == "auto-restart":
+            return self.result(Status.WARN, f"systemd is restarting it after a failure "
+                               f"({u.result}){more}", target=u.name,
+                               remedy=f"see why it keeps failing: {journal}", **common)
+        if state in ("activating", "deactivating"):
+            return self.result(Status.WARN, f"{state} ({sub})", target=u.name, **common)
+        if state == "failed":
+            return self.result(Status.CRIT, f"failed ({u.result}){more}", target=u.name,
+                               remedy=f"{journal}; then systemctl restart {u.id}", **common)
+        why = "enabled but not running" if u.enabled else f"not running ({u.unit_file_state})"
+        return self.result(Status.CRIT, f"{why} ({state}/{sub})", target=u.name,
+                           remedy=f"systemctl enable --now {u.id}", **common)
+
+
+def _describe(u: UnitState) -> str:
+    return (f"{u.id}: LoadState={u.load_state} ActiveState={u.active_state} "
+            f"SubState={u.sub_state} Result={u.result} NRestarts={u.n_restarts} "
+            f"UnitFileState={u.unit_file_state}")

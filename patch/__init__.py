@@ -1,0 +1,1 @@
+"""dnf patching: check, advisories, apply, needs-restarting, reboot policy, report (issue [F])."""

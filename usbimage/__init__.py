@@ -1,0 +1,1 @@
+"""The USB rescue drive: detection, format, rescue boot image, restore (issue [H])."""
