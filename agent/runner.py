@@ -37,9 +37,12 @@ class Selector:
             return False
         if not self.only:
             return True
-        # "service:postfix" selects results of the single "service" instance, so it must run.
+        if self._hit(self.only, plugin, check_id):
+            return True
+        # "service:postfix" selects a result of the single "service" instance (or a plugin
+        # being planned), so that must run; "disk:/var" does not select "disk:/".
         prefixes = [p.split(":", 1)[0] for p in self.only if ":" in p]
-        return self._hit(self.only, plugin, check_id) or self._hit(prefixes, plugin)
+        return check_id == plugin and self._hit(prefixes, plugin)
 
     def wants(self, plugin: str, result_id: str) -> bool:
         if self._hit(self.skip, plugin, result_id):

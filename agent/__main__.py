@@ -1,0 +1,5 @@
+"""``python -m agent`` is ``steward``."""
+
+from agent.cli import main
+
+main()
