@@ -102,19 +102,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     return int(report.status)
 
 
-def show_config(config: Config) -> str:
-    lines = [f"# effective configuration from {config.source}",
-             "# (built-in defaults and discovered values filled in)"]
-    for name, opts in sorted(config.checks.items()):
+def show_config(loaded: Config, resolved: Config) -> str:
+    """The effective config as TOML; values discovered on this machine are marked, since
+    writing them into a file would stop their discovery."""
+    lines = [f"# effective configuration from {resolved.source}",
+             "# (built-in defaults and values discovered on this machine filled in)"]
+    for name, opts in sorted(resolved.checks.items()):
         lines.append(f"\n[checks.{name}]")
         for f in dataclasses.fields(opts):
-            value = getattr(opts, f.name)
-            doc = f.metadata.get("doc", "")
+            value, doc = getattr(opts, f.name), f.metadata.get("doc", "")
             if value is None:
-                lines.append(f"# {f.name} =   # not set: {doc}")
+                lines.append(f"# {f.name} is not set: {doc}")
+            elif getattr(loaded.checks[name], f.name) is None:
+                lines.append(f"{f.name} = {to_toml(value)}   # discovered; unset: {doc}")
             else:
-                lines.append(f"{f.name} = {to_toml(value)}" + (f"   # {doc}" if doc else ""))
-    for name in sorted(config.unloaded):
+                lines.append(f"{f.name} = {to_toml(value)}   # {doc}")
+    for name in sorted(resolved.unloaded):
         lines.append(f"\n# [checks.{name}] is kept as written: its plugin failed to load")
     return "\n".join(lines) + "\n"
 
@@ -122,7 +125,7 @@ def show_config(config: Config) -> str:
 def cmd_config(args: argparse.Namespace) -> int:
     registry, env = _setup(args)
     if args.config_command == "show":
-        sys.stdout.write(show_config(resolve(registry, env).config))
+        sys.stdout.write(show_config(env.config, resolve(registry, env).config))
         return 0
     cfg = env.config
     enabled = sum(o.enabled for o in cfg.checks.values())

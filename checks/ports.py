@@ -46,7 +46,7 @@ def _target(v: Any) -> str:
 class PortOptions(CheckOptions):
     targets: tuple[str, ...] | None = option(
         None, listing(Parser(_target, '"host:port" or "[ipv6]:port"')),
-        "ports to connect to; unset: the default ports of the watched appliance services")
+        "the default ports of the watched services are checked")
     connect_timeout: float = option(3.0, number(0.01, 600), "seconds to wait for the connection")
     warn: Range | None = option(None, RANGE, "connect time, seconds")
     crit: Range | None = option(None, RANGE, "connect time, seconds")

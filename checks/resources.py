@@ -40,7 +40,7 @@ class DiskOptions(CheckOptions):
     inodes_warn: Range = option(Range.parse("85"), RANGE, "used inodes, percent")
     inodes_crit: Range = option(Range.parse("95"), RANGE, "used inodes, percent")
     mounts: tuple[str, ...] | None = option(
-        None, listing(TEXT), "mount points to watch; unset: every local filesystem")
+        None, listing(TEXT), "every local disk filesystem is watched")
     exclude: tuple[str, ...] = option((), GLOBS, "mount points (globs) not to watch")
 
 

@@ -21,7 +21,7 @@ APPLIANCE_UNITS = ("postfix", "dovecot", "httpd", "named", "named-chroot", "open
 @dataclass(frozen=True)
 class ServiceOptions(CheckOptions):
     units: tuple[str, ...] | None = option(
-        None, listing(TEXT), "units to watch; unset: the appliance services enabled or running")
+        None, listing(TEXT), "the appliance services enabled or running here are watched")
     missing: str = option("crit", choice("crit", "warn", "skip"),
                           "what a listed unit that does not exist is")
 
