@@ -25,6 +25,10 @@ EXIT_USAGE = 2
 log = logging.getLogger("steward")
 
 
+class UsageError(Exception):
+    """Bad arguments: said on stderr with exit code 2."""
+
+
 def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     # On sub-commands the defaults are suppressed so "steward --config X check" keeps X.
     d: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
@@ -90,13 +94,22 @@ def _setup(args: argparse.Namespace) -> tuple[Registry, Env]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.output and not args.output.parent.is_dir():
+        raise UsageError(f"--output {args.output}: folder {args.output.parent} does not exist")
     registry, env = _setup(args)
     selector = Selector(tuple(args.only), tuple(args.skip))
     env = resolve(registry, env, selector)
     report = run_all(registry, env, selector)
+    if args.only and not report.results:
+        enabled = sorted(n for n, o in env.config.checks.items() if o.enabled)
+        raise UsageError(f"--only {' '.join(args.only)}: matches no result of the enabled "
+                         f"checks ({', '.join(enabled)})")
     host = socket.gethostname()
     if args.output:
-        write_atomic(args.output, FORMATS[args.format](report, host, False))
+        try:
+            write_atomic(args.output, FORMATS[args.format](report, host, False))
+        except OSError as e:
+            raise UsageError(f"--output {args.output}: cannot write: {e.strerror}") from None
     else:
         sys.stdout.write(FORMATS[args.format](report, host, sys.stdout.isatty()))
     return int(report.status)
@@ -146,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = handler(args)
     except ConfigError as e:
         print(f"steward: config error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except UsageError as e:
+        print(f"steward: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -26,10 +26,13 @@ class ServiceOptions(CheckOptions):
                           "what a listed unit that does not exist is")
 
 
+DISCOVERY_TIMEOUT = 5.0  # start-up discovery must not hold up a one-shot check for long
+
+
 def discover(env: Env, candidates: Sequence[str] = APPLIANCE_UNITS) -> tuple[str, ...]:
     """The candidates that exist here and are enabled or running (installed-but-unused is not
     watched). Raises SystemdUnavailable when systemd cannot be asked."""
-    return tuple(u.name for u in env.systemd.show(candidates)
+    return tuple(u.name for u in env.systemd.show(candidates, timeout=DISCOVERY_TIMEOUT)
                  if u.exists and (u.enabled or u.active_state != "inactive"))
 
 

@@ -51,7 +51,7 @@ class Systemd:
         self._systemctl = tuple(systemctl)
         self._timeout = timeout
 
-    def show(self, units: Sequence[str]) -> list[UnitState]:
+    def show(self, units: Sequence[str], timeout: float | None = None) -> list[UnitState]:
         """State of each unit, in the order asked, with one systemctl call."""
         if not units:
             return []
@@ -59,7 +59,7 @@ class Systemd:
         argv = [*self._systemctl, "show", "--no-pager", "--property=" + ",".join(PROPERTIES),
                 "--", *names]
         try:
-            out = self._runner.run(argv, timeout=self._timeout).stdout
+            out = self._runner.run(argv, timeout=timeout or self._timeout).stdout
         except CommandError as e:
             if _unavailable(e.stderr_tail):
                 raise SystemdUnavailable(e.argv, e.returncode, e.stderr_tail,

@@ -121,3 +121,16 @@ def test_output_file_is_written_atomically_and_replaces_the_old_one(steward, tmp
     assert "stale" not in text
     assert 'steward_check_status{check="memory"}' in text
     assert [p.name for p in tmp_path.iterdir()] == ["steward.prom"], "no temp file left behind"
+
+
+def test_output_into_a_missing_folder_is_refused_before_running(steward, tmp_path):
+    proc = steward("check", "--output", str(tmp_path / "nope" / "x.prom"))
+    assert proc.returncode == 2
+    assert f"folder {tmp_path / 'nope'} does not exist" in proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+
+
+def test_only_matching_nothing_is_an_error_not_a_green_run(steward):
+    proc = steward("check", "--only", "dsik*")
+    assert proc.returncode == 2
+    assert "--only dsik*: matches no result of the enabled checks (disk, load," in proc.stderr
