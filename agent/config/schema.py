@@ -112,15 +112,18 @@ def listing(item: Parser) -> Parser:
     def parse(v: Any) -> tuple[Any, ...]:
         if not isinstance(v, list):
             raise ValueError("not a list")
-        out = []
+        out: list[Any] = []
         for i, x in enumerate(v):
             try:
-                out.append(item.parse(x))
+                parsed = item.parse(x)
             except ValueError as e:
                 raise ValueError(f"item {i + 1} ({_show(x)}): {e}") from None
+            if parsed in out:
+                raise ValueError(f"item {i + 1} ({_show(x)}) is listed twice")
+            out.append(parsed)
         return tuple(out)
 
-    return Parser(parse, f"a list, each item {item.accepted}")
+    return Parser(parse, f"a list without repeats, each item {item.accepted}")
 
 
 GLOBS = listing(Parser(_text, "a name or glob pattern"))

@@ -37,8 +37,10 @@ BAD = [
     ("[checks.service]\nunits = ['postfix', 3]\n",
      r"checks\.service\.units = \['postfix', 3\]: item 2 \(3\): not a non-empty string"),
     ("[checks.port]\ntargets = ['localhost']\n",
-     r'checks\.port\.targets = .*item 1 .*not host:port.*accepted: a list, each item "host:port"'),
+     r'checks\.port\.targets = .*item 1 .*not host:port.*accepted: a list without repeats, '
+     r'each item "host:port"'),
     ("[checks.port]\ntargets = ['::1:25']\n", r"IPv6 addresses need brackets"),
+    ("[checks.port]\ntargets = ['a:25', 'b:25', 'a:25']\n", r'item 3 \("a:25"\) is listed twice'),
     ("[checks.load]\naverage = 10\n", r"checks\.load\.average = 10: not 1, 5 or 15"),
     ("checks = 5\n", r"checks = 5: must be a table"),
     ("[checks]\ndisk = 3\n", r"checks\.disk = 3: must be a table"),
