@@ -8,25 +8,23 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
-from agent.config import BUILTIN, Config, ConfigError, load
+from agent import __version__, daemon_cli
+from agent.config import BUILTIN, SECTIONS, Config, ConfigError, load
 from agent.config.schema import to_toml
 from agent.env import DEFAULT_STATE_DIR, Env
+from agent.errors import UsageError
 from agent.fileio import write_atomic
 from agent.output import FORMATS
 from agent.registry import Registry, discover
 from agent.runner import Selector, resolve, run_all
+from agent.state import StateDir, StateError
 
 EXIT_USAGE = 2
 log = logging.getLogger("steward")
-
-
-class UsageError(Exception):
-    """Bad arguments: said on stderr with exit code 2."""
 
 
 def _common(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -67,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. --only service --only 'disk:/var*'")
     c.add_argument("--skip", metavar="PATTERN", action="append", default=[],
                    help="leave out checks whose name or id matches (glob; repeatable)")
+
+    daemon_cli.add_parsers(sub, lambda p: _common(p, top=False))
 
     cfg = sub.add_parser("config", help="validate or show the configuration",
                          description="Validate or show the configuration.")
@@ -120,13 +120,16 @@ def show_config(loaded: Config, resolved: Config) -> str:
     writing them into a file would stop their discovery."""
     lines = [f"# effective configuration from {resolved.source}",
              "# (built-in defaults and values discovered on this machine filled in)"]
-    for name, opts in sorted(resolved.checks.items()):
-        lines.append(f"\n[checks.{name}]")
+    tables: list[tuple[str, Any, Any]] = [(f"checks.{n}", o, loaded.checks[n])
+                                          for n, o in sorted(resolved.checks.items())]
+    tables += [(n, getattr(resolved, n), getattr(loaded, n)) for n in SECTIONS]
+    for title, opts, before in tables:
+        lines.append(f"\n[{title}]")
         for f in dataclasses.fields(opts):
             value, doc = getattr(opts, f.name), f.metadata.get("doc", "")
             if value is None:
                 lines.append(f"# {f.name} is not set: {doc}")
-            elif getattr(loaded.checks[name], f.name) is None:
+            elif getattr(before, f.name) is None:
                 lines.append(f"{f.name} = {to_toml(value)}   # discovered; unset: {doc}")
             else:
                 lines.append(f"{f.name} = {to_toml(value)}   # {doc}")
@@ -149,18 +152,45 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.notify import LogNotifier
+    from agent.supervisor import Supervisor
+    from agent.system.unitwatch import UnitWatcher
+
+    registry, env = _setup(args)
+    state = StateDir(env.state_dir)
+    state.ensure()
+    return Supervisor(registry, env, args.config, LogNotifier(), state, watcher=UnitWatcher).run()
+
+
+HANDLERS = {
+    "check": cmd_check,
+    "config": cmd_config,
+    "run": cmd_run,
+    "status": lambda a: daemon_cli.cmd_status(StateDir(_state_dir(a)), a.json),
+    "maintenance": lambda a: daemon_cli.cmd_maintenance(StateDir(_state_dir(a)), a.mode,
+                                                         a.units, getattr(a, "duration", "")),
+    "reset": lambda a: daemon_cli.cmd_reset(StateDir(_state_dir(a)), a.unit),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="steward: %(levelname)s %(name)s: %(message)s")
-    handler = {"check": cmd_check, "config": cmd_config}[args.command]
+    if args.command == "run":
+        level = min(level, logging.INFO)  # the daemon says what it does
+    # journald stamps each line itself; elsewhere say when.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(level=level, format=stamp + "steward: %(levelname)s %(name)s: "
+                        "%(message)s")
+    handler: Callable[[argparse.Namespace], int] = HANDLERS[args.command]
     try:
         code = handler(args)
     except ConfigError as e:
         print(f"steward: config error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except UsageError as e:
+    except (UsageError, StateError) as e:
         print(f"steward: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:

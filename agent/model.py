@@ -78,6 +78,12 @@ class Result:
     metrics: tuple[Metric, ...] = ()
     remedy: str = ""  # what the administrator should do about it
     duration: float = 0.0  # seconds the producing check ran; set by the runner
+    # The systemd unit this result is about (a service's own state, or a probe linked to the
+    # unit that serves it): what the supervisor may restart.
+    unit: str = ""
+    # Check ids or globs this result depends on; while one of them fails, this result is
+    # inhibited (no action, no alert): a dead named explains failing DNS lookups.
+    depends_on: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.status, Status):

@@ -129,14 +129,16 @@ def run_checks(checks: Iterable[Check], env: Env) -> list[Result]:
                          daemon=True).start()
     out: list[Result] = []
     for slot in sorted(slots, key=lambda s: s.deadline):
+        extra = slot.check.options.depends_on
         if slot.done.wait(max(0.0, slot.deadline - time.monotonic())):
-            out.extend(dataclasses.replace(r, duration=round(slot.duration, 4))
+            out.extend(dataclasses.replace(r, duration=round(slot.duration, 4),
+                                           depends_on=r.depends_on + extra)
                        for r in slot.results)
         else:
             log.warning("check %s overran its %s s timeout", slot.check.id, slot.check.timeout)
             out.append(dataclasses.replace(
                 unknown(slot.check.id, f"timed out after {slot.check.timeout:g} s"),
-                duration=round(time.monotonic() - slot.started, 4)))
+                duration=round(time.monotonic() - slot.started, 4), depends_on=extra))
     return out
 
 

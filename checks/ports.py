@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
-from agent.config.schema import RANGE, CheckOptions, Parser, listing, number, option
+from agent.config.schema import RANGE, TEXT, CheckOptions, Parser, listing, number, option, table
 from agent.env import Env
 from agent.model import Check, Metric, Result, Status
 from agent.ranges import Range, judge
@@ -47,6 +48,10 @@ class PortOptions(CheckOptions):
     targets: tuple[str, ...] | None = option(
         None, listing(Parser(_target, '"host:port" or "[ipv6]:port"')),
         "the default ports of the watched services are checked")
+    units: Mapping[str, str] | None = option(
+        None, table(Parser(_target, '"host:port"'), TEXT),
+        "unset with targets unset: each default port is linked to its service. A linked "
+        "port failing while its unit runs gets the unit restarted")
     connect_timeout: float = option(3.0, number(0.01, 600), "seconds to wait for the connection")
     warn: Range | None = option(None, RANGE, "connect time, seconds")
     crit: Range | None = option(None, RANGE, "connect time, seconds")
@@ -68,14 +73,23 @@ class PortCheck(Check):
                 units = discover(env)
             except CommandError:
                 units = ()  # no systemd: no services to derive ports from
-        ports = sorted({p for u in units for p in SERVICE_PORTS.get(u, ())})
-        return dataclasses.replace(options, targets=tuple(f"localhost:{p}" for p in ports))
+        links: dict[str, str] = {}
+        for unit in units:
+            for port in SERVICE_PORTS.get(unit, ()):
+                links.setdefault(f"localhost:{port}", unit)
+        return dataclasses.replace(options, targets=tuple(sorted(links, key=split_target)),
+                                   units=MappingProxyType(links))
 
     @classmethod
     def instances(cls, options: PortOptions, env: Env) -> Iterable[Check]:
         return [cls(options, t) for t in options.targets or ()]
 
     def run(self, env: Env) -> Iterable[Result]:
+        return [dataclasses.replace(r, unit=unit, depends_on=(f"service:{unit}",))
+                if (unit := (self.options.units or {}).get(self.target)) else r
+                for r in self.probe()]
+
+    def probe(self) -> list[Result]:
         host, port = split_target(self.target)
         o = self.options
         t0 = time.monotonic()

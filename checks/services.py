@@ -71,7 +71,9 @@ class ServiceCheck(Check):
     def judge(self, u: UnitState) -> Result:
         journal = f"journalctl -u {u.id} -b -n 50"
         restarts = (Metric("restarts", u.n_restarts, "c", min=0),)
-        common = {"metrics": restarts, "details": _describe(u)}
+        # No unit on masked or broken units: restarting them cannot help.
+        fixed = {"metrics": restarts, "details": _describe(u)}
+        common = {**fixed, "unit": u.name}
         if not u.exists:
             bad = Status.CRIT if self.options.missing == "crit" else Status.WARN
             return self.result(bad, f"unit {unit_name(u.name)} not found", target=u.name,
@@ -81,10 +83,10 @@ class ServiceCheck(Check):
         if u.load_state == "masked" or u.unit_file_state == "masked":
             return self.result(Status.CRIT, "masked: it cannot be started", target=u.name,
                                remedy=f"systemctl unmask {u.id} && systemctl enable --now {u.id}",
-                               **common)
+                               **fixed)
         if u.load_state != "loaded":
             return self.result(Status.CRIT, f"unit file cannot be loaded ({u.load_state})",
-                               target=u.name, remedy=f"systemd-analyze verify {u.id}", **common)
+                               target=u.name, remedy=f"systemd-analyze verify {u.id}", **fixed)
         state, sub = u.active_state, u.sub_state
         more = f", {u.n_restarts} restarts" if u.n_restarts else ""
         if state in ("active", "reloading"):

@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config.schema import _ABSENT, CheckOptions, ConfigError, build
+from agent.config.schema import (
+    _ABSENT,
+    BOOLEAN,
+    CheckOptions,
+    ConfigError,
+    build,
+    number,
+    option,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -19,8 +27,24 @@ else:  # pragma: no cover - EL9's Python 3.9
 
 DEFAULT_PATH = Path("/etc/steward/steward.toml")
 BUILTIN = "<built-in default>"
-# Tables a config file may hold; later capabilities add theirs here.
-TABLES = ("checks",)
+
+
+@dataclass(frozen=True)
+class RestartOptions:
+    """``[restart]``: how ``steward run`` restarts failed units (systemd's Restart= goes first)."""
+
+    enabled: bool = option(True, BOOLEAN, "restart failed units and units whose probe fails")
+    budget: int = option(3, number(1, 100, integer=True), "restarts per unit within window")
+    window: float = option(900.0, number(60, 86400), "seconds the restart budget counts over")
+    backoff: float = option(30.0, number(0, 3600), "seconds between the first and second "
+                            "restart; doubles after each")
+    grace: float = option(20.0, number(0, 3600), "seconds after a restart before the unit is "
+                          "judged again")
+
+
+# Tables a config file may hold besides [checks.*]; later capabilities add theirs here.
+SECTIONS: Mapping[str, type[Any]] = {"restart": RestartOptions}
+TABLES = ("checks", *SECTIONS)
 
 __all__ = ["BUILTIN", "DEFAULT_PATH", "CheckOptions", "Config", "ConfigError", "load"]
 
@@ -31,6 +55,7 @@ class Config:
     checks: Mapping[str, CheckOptions] = field(default_factory=dict)
     # Tables of check plugins that failed to load: kept unvalidated, reported by the registry.
     unloaded: Mapping[str, Any] = field(default_factory=dict)
+    restart: RestartOptions = field(default_factory=RestartOptions)
 
 
 def load(path: Path | None, plugins: Mapping[str, type[Any]],
@@ -94,4 +119,5 @@ def from_tables(data: Mapping[str, Any], source: str, plugins: Mapping[str, type
     checks = {name: build(cls.Options, tables.get(name, {}), source, f"checks.{name}")
               for name, cls in sorted(plugins.items())}
     unloaded = {k: v for k, v in tables.items() if k in broken}
-    return Config(source, checks, unloaded)
+    sections = {k: build(cls, data.get(k, {}), source, k) for k, cls in SECTIONS.items()}
+    return Config(source, checks, unloaded=unloaded, **sections)

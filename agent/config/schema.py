@@ -11,6 +11,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from agent.ranges import ACCEPTED as RANGE_ACCEPTED
@@ -129,6 +130,23 @@ def listing(item: Parser) -> Parser:
 GLOBS = listing(Parser(_text, "a name or glob pattern"))
 
 
+def table(key: Parser, value: Parser) -> Parser:
+    """A TOML table whose keys pass ``key`` and values pass ``value``; kept read-only."""
+
+    def parse(v: Any) -> Mapping[str, Any]:
+        if not isinstance(v, Mapping):
+            raise ValueError("not a table")
+        out = {}
+        for k, x in v.items():
+            try:
+                out[key.parse(k)] = value.parse(x)
+            except ValueError as e:
+                raise ValueError(f"entry {_show(k)}: {e}") from None
+        return MappingProxyType(out)
+
+    return Parser(parse, f"a table: keys {key.accepted}, values {value.accepted}")
+
+
 def build(cls: type[T], table: Any, file: str, prefix: str) -> T:
     """An instance of Options dataclass ``cls`` from TOML ``table`` at ``prefix``."""
     if not isinstance(table, Mapping):
@@ -156,11 +174,23 @@ def to_toml(value: Any) -> str:
         return repr(value)
     if isinstance(value, Range):
         return to_toml(value.text)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{to_toml(k)} = {to_toml(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(to_toml(v) for v in value) + "]"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     raise TypeError(f"cannot render {value!r} as TOML")
+
+
+def _tolerance(v: Any) -> tuple[int, int]:
+    if not (isinstance(v, list) and len(v) == 2 and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in v)):
+        raise ValueError("not a list of two whole numbers")
+    n, m = v
+    if not 1 <= n <= m <= 100:
+        raise ValueError("needs 1 <= N <= M <= 100")
+    return (n, m)
 
 
 @dataclass(frozen=True)
@@ -169,3 +199,9 @@ class CheckOptions:
 
     enabled: bool = option(True, BOOLEAN, "run this check")
     timeout: float = option(10.0, number(0.1, 3600), "seconds before the check is UNKNOWN")
+    interval: float = option(30.0, number(1, 86400), "seconds between runs under steward run")
+    tolerance: tuple[int, int] = option((1, 1), Parser(_tolerance, "[N, M]: act after N "
+                                        "failed runs within the last M (1 <= N <= M <= 100)"),
+                                        "act after N failed runs within the last M")
+    depends_on: tuple[str, ...] = option((), GLOBS, "check ids (globs) whose failure "
+                                         "inhibits this check's actions and alerts")

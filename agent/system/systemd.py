@@ -72,6 +72,25 @@ class Systemd:
         return [_parse(asked, block) for asked, block in zip(units, blocks)]
 
 
+    def _job(self, verb: str, unit: str) -> str:
+        """Queue a job without waiting for it (a slow start must not hold up steward's loop);
+        its outcome shows in the unit's state. Returns the command as a person would type it."""
+        argv = [*self._systemctl, verb, "--no-block", "--", unit_name(unit)]
+        self._runner.run(argv, timeout=self._timeout)
+        return f"systemctl {verb} {unit_name(unit)}"
+
+    def restart(self, unit: str) -> str:
+        return self._job("restart", unit)
+
+    def start(self, unit: str) -> str:
+        return self._job("start", unit)
+
+    def reset_failed(self, unit: str) -> str:
+        self._runner.run([*self._systemctl, "reset-failed", "--", unit_name(unit)],
+                         timeout=self._timeout)
+        return f"systemctl reset-failed {unit_name(unit)}"
+
+
 def _unavailable(stderr: str) -> bool:
     s = stderr.lower()
     return ("not been booted with systemd" in s or "failed to connect to bus" in s

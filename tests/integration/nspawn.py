@@ -41,7 +41,7 @@ BUILD_TIMEOUT = 1200.0
 DEFAULT_PACKAGES: tuple[str, ...] = (
     "systemd", "systemd-sysv", "dbus", "python3", "postfix", "python3-psutil",
     "python3-dnspython", "python3-requests", "python3-jinja2", "python3-apscheduler",
-    "python3-pyudev",
+    "python3-pyudev", "python3-jeepney", "monit", "procps",
 )
 _DEBCONF = ("postfix postfix/main_mailer_type select Local only",
             "postfix postfix/mailname string steward-test.localdomain")
@@ -251,7 +251,8 @@ class Container:
         for d in (work, merged, wants):
             d.mkdir(parents=True)
         (upper / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
-        for name, text in self.units.items():
+        for name, text in self.units.items():  # names may be drop-ins: "x.service.d/y.conf"
+            (unit_dir / name).parent.mkdir(parents=True, exist_ok=True)
             (unit_dir / name).write_text(text)
         for name in self.enable:
             target = f"/etc/systemd/system/{name}"

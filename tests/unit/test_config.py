@@ -20,10 +20,11 @@ REGISTRY = discover()
 
 # (file text, what stderr must say) — the documented error for each kind of mistake.
 BAD = [
-    ("[chekcs.disk]\n", r"chekcs: unknown table \(accepted: checks\)"),
+    ("[chekcs.disk]\n", r"chekcs: unknown table \(accepted: checks, restart\)"),
     ("[checks.dsk]\nwarn = '80'\n", r"checks\.dsk: unknown check \(accepted: disk, load, memory"),
     ("[checks.disk]\nwran = '80'\n",
-     r"checks\.disk\.wran: unknown key \(accepted: enabled, timeout, warn, crit"),
+     r"checks\.disk\.wran: unknown key \(accepted: enabled, timeout, interval, tolerance, "
+     r"depends_on, warn, crit"),
     ("[checks.disk]\nenabled = 'yes'\n",
      r'checks\.disk\.enabled = "yes": not true or false \(accepted: true or false\)'),
     ("[checks.disk]\nwarn = 'abc'\n", r'checks\.disk\.warn = "abc": .*not a number.*accepted: a '

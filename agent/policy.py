@@ -1,0 +1,199 @@
+"""The per-check state machine of ``steward run``: what a run of results means.
+
+Pure bookkeeping: given what it remembers and a pass of results, it says which alerts to send
+and which units to restart; the supervisor does both and reports the restarts back. Rules:
+tolerance (N failed runs within M) before anything happens; inhibited results (a dependency
+fails) and results under maintenance neither act nor alert; a restart budget per unit with
+exponential backoff and a grace period; budget spent -> escalate and stop restarting until the
+unit recovers or is reset.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agent.config import RestartOptions
+from agent.model import Result, Status
+
+
+@dataclass
+class CheckRecord:
+    status: str = "OK"  # confirmed status, after tolerance
+    since: float = 0.0  # when it entered that status (wall clock)
+    summary: str = ""
+    unit: str = ""
+    runs: list[int] = field(default_factory=list)  # recent runs, 1 = not OK, newest last
+    alerted: str = "OK"  # the status the administrator was last told about
+    inhibited_by: str = ""  # the failing dependency, while there is one
+
+
+@dataclass
+class UnitRecord:
+    restarts: list[float] = field(default_factory=list)  # steward's restarts in the window
+    next_at: float = 0.0  # no restart before this (grace and backoff)
+    escalated: str = ""  # why restarting stopped; empty while restarting may help
+    last_action: str = ""
+
+
+@dataclass
+class Memory:
+    """Everything ``steward run`` must not forget across its own restarts."""
+
+    checks: dict[str, CheckRecord] = field(default_factory=dict)
+    units: dict[str, UnitRecord] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def essence(self) -> str:
+        """What must reach the disk: everything but the summaries, which change every run."""
+        d = self.to_dict()
+        for rec in d["checks"].values():
+            rec.pop("summary")
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Memory:
+        return cls({k: CheckRecord(**v) for k, v in data.get("checks", {}).items()},
+                   {k: UnitRecord(**v) for k, v in data.get("units", {}).items()})
+
+
+@dataclass
+class Maintenance:
+    """Maintenance mode: the whole machine until ``until``, or some units each until a time."""
+
+    until: float | None = None
+    units: dict[str, float] = field(default_factory=dict)
+
+    def covers(self, unit: str, now: float) -> bool:
+        if self.until is not None and now < self.until:
+            return True
+        return bool(unit) and now < self.units.get(unit, 0.0)
+
+    def active(self, now: float) -> bool:
+        return self.covers("", now) or any(now < t for t in self.units.values())
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str  # problem, recovery, restart, escalation, config
+    check: str
+    status: Status
+    summary: str
+    details: str = ""
+    remedy: str = ""
+    since: float = 0.0
+
+
+@dataclass(frozen=True)
+class Restart:
+    unit: str
+    check: str  # the result that asked for it
+    reason: str
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:g} min"
+
+
+class Policy:
+    def __init__(self, memory: Memory, restart: RestartOptions,
+                 tolerance: Callable[[str], tuple[int, int]]) -> None:
+        self.memory = memory
+        self.restart = restart
+        self.tolerance = tolerance  # check id -> (N, M)
+
+    def evaluate(self, results: Iterable[Result], now: float,
+                 maintenance: Maintenance) -> tuple[list[Alert], list[Restart]]:
+        results = list(results)
+        for r in results:
+            self._observe(r, now)
+        alerts: list[Alert] = []
+        restarts: dict[str, Restart] = {}
+        for r in results:
+            rec = self.memory.checks[r.check]
+            rec.inhibited_by = self._blocker(r)
+            if rec.inhibited_by or maintenance.covers(r.unit, now):
+                continue
+            if rec.status != rec.alerted:
+                kind = "recovery" if rec.status == "OK" else "problem"
+                alerts.append(Alert(kind, r.check, Status[rec.status], rec.summary, r.details,
+                                    r.remedy, rec.since))
+                rec.alerted = rec.status
+            if (self.restart.enabled and r.unit and r.unit not in restarts
+                    and r.status is Status.CRIT and rec.status == "CRIT"):
+                decision = self._restart_or_escalate(r, now)
+                if isinstance(decision, Restart):
+                    restarts[r.unit] = decision
+                elif decision is not None:
+                    alerts.append(decision)
+        self._clear_recovered()
+        return alerts, list(restarts.values())
+
+    def _observe(self, r: Result, now: float) -> None:
+        rec = self.memory.checks.setdefault(r.check, CheckRecord(since=now))
+        n, m = self.tolerance(r.check)
+        rec.runs = ([*rec.runs, int(r.status is not Status.OK)])[-m:]
+        if r.status is Status.OK or sum(rec.runs) >= n:
+            if r.status.name != rec.status:
+                rec.since = now
+            rec.status, rec.summary = r.status.name, r.summary
+        rec.unit = r.unit
+
+    def _blocker(self, r: Result) -> str:
+        for cid, rec in self.memory.checks.items():
+            if cid != r.check and rec.status != "OK" and any(
+                    fnmatch.fnmatchcase(cid, p) for p in r.depends_on):
+                return cid
+        return ""
+
+    def _restart_or_escalate(self, r: Result, now: float) -> Restart | Alert | None:
+        unit = self.memory.units.setdefault(r.unit, UnitRecord())
+        if unit.escalated:
+            return None
+        opts = self.restart
+        unit.restarts = [t for t in unit.restarts if now - t < opts.window]
+        if len(unit.restarts) >= opts.budget:
+            if now < unit.restarts[-1] + opts.grace:
+                return None  # the last restart still has its grace period
+            unit.escalated = (f"{len(unit.restarts)} restarts within "
+                              f"{_minutes(opts.window)} did not help")
+            return self.escalation(r.unit, r.check, unit.escalated, now)
+        if now < unit.next_at:
+            return None
+        return Restart(r.unit, r.check, r.summary)
+
+    def escalation(self, unit: str, check: str, why: str, now: float) -> Alert:
+        return Alert("escalation", check, Status.CRIT, f"restart did not help: {why}",
+                     remedy=f"find the cause: journalctl -u {unit} -b -n 100; steward stopped "
+                     f"restarting {unit} until it recovers or you run: steward reset {unit}",
+                     since=now)
+
+    def restarted(self, restart: Restart, now: float, error: str, action: str) -> list[Alert]:
+        """Record the outcome of a restart the supervisor carried out."""
+        unit = self.memory.units.setdefault(restart.unit, UnitRecord())
+        if error:
+            unit.escalated = f"restarting failed: {error}"
+            unit.last_action = f"{action} failed"
+            return [self.escalation(restart.unit, restart.check, unit.escalated, now)]
+        unit.restarts.append(now)
+        k = len(unit.restarts)
+        unit.next_at = now + max(self.restart.grace, self.restart.backoff * 2 ** (k - 1))
+        unit.last_action = action
+        return [Alert("restart", restart.check, Status.CRIT,
+                      f"steward ran: {action} ({k} of {self.restart.budget} within "
+                      f"{_minutes(self.restart.window)})", details=restart.reason, since=now)]
+
+    def _clear_recovered(self) -> None:
+        for name, unit in self.memory.units.items():
+            recs = [r for r in self.memory.checks.values() if r.unit == name]
+            if unit.escalated and recs and all(r.status == "OK" for r in recs):
+                unit.escalated = ""
+
+    def reset(self, unit: str) -> bool:
+        """Forget a unit's restarts and escalation (``steward reset UNIT``)."""
+        return self.memory.units.pop(unit, None) is not None
