@@ -105,7 +105,7 @@ class Supervisor:
     # -- events from other threads and signals -------------------------------------------
     def _unit_changed(self, unit_id: str, active_state: str) -> None:
         name = unit_id.removesuffix(".service")
-        if name in self.watched or unit_id in self.watched:
+        if not unit_id or name in self.watched or unit_id in self.watched:
             log.debug("unit %s is now %s: service check runs now", unit_id, active_state)
             with self._lock:
                 self._urgent.add("service")

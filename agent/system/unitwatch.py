@@ -3,7 +3,8 @@
 The daemon must notice a unit entering ``failed`` within seconds without forking
 ``systemctl`` every second.  ``UnitWatcher`` subscribes to systemd's
 ``PropertiesChanged`` signals on the system bus (jeepney, blocking I/O in a daemon
-thread) and calls ``on_change(unit_id, active_state)`` for every ActiveState change.
+thread) and calls ``on_change(unit_id, active_state)`` for every ActiveState change, and
+``on_change("", "connected")`` after each (re)connect.
 It reconnects with backoff on its own; while ``connected`` is False the daemon should
 poll instead (and poll once after a reconnect: changes in the gap are not replayed).
 """
@@ -95,6 +96,7 @@ class UnitWatcher:
                 delay = BACKOFF_MIN
                 self.connected, self.error = True, ""
                 log.info("watching systemd units on %s", self._bus)
+                self._call("", "connected")  # changes before now were not seen: look once
                 try:
                     self._receive(conn)
                 except Exception as exc:  # a dropped connection or garbage on the wire
@@ -142,8 +144,10 @@ class UnitWatcher:
         state = body[1].get("ActiveState")  # a variant: (signature, value)
         if state is None:
             return
-        unit = unescape_unit_path(path)
+        self._call(unescape_unit_path(path), state[1])
+
+    def _call(self, unit: str, state: str) -> None:
         try:
-            self._on_change(unit, state[1])
+            self._on_change(unit, state)
         except Exception:
-            log.exception("unit watcher callback failed for %s -> %s", unit, state[1])
+            log.exception("unit watcher callback failed for %s -> %s", unit, state)
