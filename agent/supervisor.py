@@ -192,7 +192,7 @@ class Supervisor:
             if st.active_state == "activating" and st.sub_state == "auto-restart":
                 log.info("%s: systemd is restarting it already; leaving it to systemd", rs.unit)
                 return []
-            if st.result == "start-limit-hit":
+            if st.start_limit_hit:
                 # systemd gave up after its own restarts; say so, then try once more ourselves.
                 action = systemd.reset_failed(rs.unit) + " (start limit hit) && " + \
                     systemd.start(rs.unit)

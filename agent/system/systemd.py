@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from agent.system.commands import CommandError, CommandRunner
 
 PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "Result", "NRestarts",
-              "UnitFileState")
+              "UnitFileState", "Restart")
 
 
 class SystemdUnavailable(CommandError):
@@ -25,6 +25,14 @@ class UnitState:
     result: str  # success, exit-code, signal, core-dump, timeout, start-limit-hit...
     n_restarts: int
     unit_file_state: str  # enabled, disabled, static, masked, "" when not found...
+    restart: str = ""  # the unit's Restart= setting: no, always, on-failure... ("" if none)
+
+    @property
+    def start_limit_hit(self) -> bool:
+        """systemd gave up on it: a unit with Restart= that is failed was stopped by its start
+        limit (systemd 252 keeps Result=exit-code then; newer ones say start-limit-hit)."""
+        return self.result == "start-limit-hit" or (
+            self.active_state == "failed" and self.restart not in ("", "no"))
 
     @property
     def exists(self) -> bool:
@@ -112,4 +120,5 @@ def _parse(asked: str, block: str) -> UnitState:
         result=props.get("Result", ""),
         n_restarts=restarts,
         unit_file_state=props.get("UnitFileState", ""),
+        restart=props.get("Restart", ""),
     )

@@ -43,11 +43,15 @@ UNITS = {
     "stw-web.service": "[Service]\nExecStart=/usr/bin/python3 /opt/stw-web.py\n"
                        "[Install]\nWantedBy=multi-user.target\n",
     "stw-crashy.service": "[Service]\nExecStart=/bin/false\n",
+    # systemd restarts it itself until its start limit; then it is steward's.
+    "stw-limited.service": "[Unit]\nStartLimitIntervalSec=600\nStartLimitBurst=3\n"
+                           "[Service]\nExecStart=/bin/false\nRestart=always\n"
+                           "RestartSec=200ms\n",
     "steward.service.d/test.conf": "[Service]\nWatchdogSec=4s\nRestartSec=1s\n",
 }
 CONFIG = """
 [checks.service]
-units = ["postfix@-", "stw-web", "stw-crashy"]
+units = ["postfix@-", "stw-web", "stw-crashy", "stw-limited"]
 [checks.port]
 targets = ["127.0.0.1:8081"]
 units = { "127.0.0.1:8081" = "stw-web" }
@@ -126,9 +130,13 @@ def _master_pid(box):
 
 
 def test_killed_postfix_master_is_restarted_recorded_and_alerted(box):
+    wait_for("postfix watched and OK", lambda: status(box)["checks"].get(
+        "service:postfix@-", {}).get("status") == "OK")
     old = wait_for("postfix master", lambda: _master_pid(box))
     t0 = time.monotonic()
     kill(box, old)
+    wait_for("the old master gone", lambda: box.run(["test", "-d", f"/proc/{old}"],
+                                                    check=False).returncode != 0, timeout=5)
     wait_for("a new postfix master", lambda: (p := _master_pid(box)) and p != old and
              box.run(["test", "-d", f"/proc/{p}"], check=False).returncode == 0)
     took = time.monotonic() - t0
@@ -176,6 +184,15 @@ def test_unit_failing_on_every_start_gets_exactly_the_budget_then_escalation(box
     assert _restarts_of_crashy(box) == 3, "no restarts after giving up"
     unit = status(box)["units"]["stw-crashy"]
     assert unit["restarts"] == 3 and "did not help" in unit["escalated"]
+
+
+def test_unit_that_hit_its_start_limit_is_reset_failed_and_started_and_that_is_said(box):
+    box.run(["systemctl", "start", "stw-limited"], check=False)  # fails: /bin/false
+    log = wait_journal(box, "stw-limited: systemctl reset-failed stw-limited.service (start "
+                       "limit hit) && systemctl start stw-limited.service")
+    assert "steward ran: systemctl reset-failed stw-limited.service (start limit hit)" in log
+    assert "problem WARN service:stw-limited: systemd is restarting it" in log or \
+        "problem CRIT service:stw-limited: failed (start-limit-hit)" in log
 
 
 def test_sigkilled_steward_is_restarted_keeps_budgets_and_does_not_realert(box):
