@@ -45,15 +45,16 @@ class DiskOptions(CheckOptions):
 
 
 def local_mounts() -> list[str]:
-    """Mount points of local, disk-backed filesystems, one per device (bind mounts once)."""
-    seen: set[str] = set()
-    out = []
+    """Mount points of local, disk-backed filesystems, one per device: a device mounted more
+    than once (bind mounts) is watched at its shortest path; single files bound onto files
+    (as containers get /etc/resolv.conf) are not filesystems to watch."""
+    best: dict[str, str] = {}
     for p in psutil.disk_partitions(all=False):
-        if p.fstype in SKIP_FSTYPES or p.device in seen:
+        if p.fstype in SKIP_FSTYPES or not os.path.isdir(p.mountpoint):
             continue
-        seen.add(p.device)
-        out.append(p.mountpoint)
-    return out
+        if p.device not in best or len(p.mountpoint) < len(best[p.device]):
+            best[p.device] = p.mountpoint
+    return sorted(best.values())
 
 
 class DiskCheck(Check):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import shutil
+from pathlib import Path
 
-from tests.conftest import REPO
 from tests.integration.nspawn import Container
+
+REPO = Path(__file__).resolve().parents[2]
 
 PACKAGES = ("agent", "checks", "backup", "patch", "usbimage")
 WRAPPER = """#!/usr/bin/python3
