@@ -70,7 +70,6 @@ class Supervisor:
         self._saved = self.memory.essence()
         self._status_text = ""
         self._last_checks: dict[str, Any] | None = None
-        self.results: dict[str, Result] = {}
         self._configure(env)
         self.watcher = watcher(self._unit_changed) if watcher else None
 
@@ -84,6 +83,7 @@ class Supervisor:
         self.early = early  # plugins that failed to load: reported every pass
         service = self.env.config.checks.get("service")
         self.watched = set(getattr(service, "units", None) or ())
+        self.results: dict[str, Result] = {}  # the latest of each configured check
 
     def _tolerance(self, check_id: str) -> tuple[int, int]:
         opts = self.env.config.checks.get(check_id.split(":", 1)[0])
