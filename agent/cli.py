@@ -14,7 +14,7 @@ from typing import Any
 
 from agent import __version__, daemon_cli
 from agent.config import BUILTIN, SECTIONS, Config, ConfigError, load
-from agent.config.schema import to_toml
+from agent.config.schema import to_toml, toml_key
 from agent.env import DEFAULT_STATE_DIR, Env
 from agent.errors import UsageError
 from agent.fileio import write_atomic
@@ -122,17 +122,18 @@ def show_config(loaded: Config, resolved: Config) -> str:
              "# (built-in defaults and values discovered on this machine filled in)"]
     tables: list[tuple[str, Any, Any]] = [(f"checks.{n}", o, loaded.checks[n])
                                           for n, o in sorted(resolved.checks.items())]
-    tables += [(n, getattr(resolved, n), getattr(loaded, n)) for n in SECTIONS]
+    tables += [(path, getattr(resolved, attr), getattr(loaded, attr))
+               for path, (attr, _) in SECTIONS.items()]
     for title, opts, before in tables:
         lines.append(f"\n[{title}]")
         for f in dataclasses.fields(opts):
-            value, doc = getattr(opts, f.name), f.metadata.get("doc", "")
+            value, doc, key = getattr(opts, f.name), f.metadata.get("doc", ""), toml_key(f)
             if value is None:
-                lines.append(f"# {f.name} is not set: {doc}")
+                lines.append(f"# {key} is not set: {doc}")
             elif getattr(before, f.name) is None:
-                lines.append(f"{f.name} = {to_toml(value)}   # discovered; unset: {doc}")
+                lines.append(f"{key} = {to_toml(value)}   # discovered; unset: {doc}")
             else:
-                lines.append(f"{f.name} = {to_toml(value)}   # {doc}")
+                lines.append(f"{key} = {to_toml(value)}   # {doc}")
     for name in sorted(resolved.unloaded):
         lines.append(f"\n# [checks.{name}] is kept as written: its plugin failed to load")
     return "\n".join(lines) + "\n"
@@ -153,14 +154,27 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.notify import LogNotifier
+    from agent.notify import for_config
     from agent.supervisor import Supervisor
     from agent.system.unitwatch import UnitWatcher
 
     registry, env = _setup(args)
     state = StateDir(env.state_dir)
     state.ensure()
-    return Supervisor(registry, env, args.config, LogNotifier(), state, watcher=UnitWatcher).run()
+    host = socket.gethostname()
+    return Supervisor(registry, env, args.config,
+                      lambda config: for_config(config, env.state_dir, host), state,
+                      watcher=UnitWatcher).run()
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    from agent.notify import commands
+
+    _, env = _setup(args)
+    StateDir(env.state_dir).ensure()
+    if args.notify_command == "test":
+        return commands.cmd_test(env.config, env.state_dir, socket.gethostname())
+    return commands.cmd_flush(env.config, env.state_dir)
 
 
 HANDLERS = {
@@ -171,6 +185,7 @@ HANDLERS = {
     "maintenance": lambda a: daemon_cli.cmd_maintenance(StateDir(_state_dir(a)), a.mode,
                                                          a.units, getattr(a, "duration", "")),
     "reset": lambda a: daemon_cli.cmd_reset(StateDir(_state_dir(a)), a.unit),
+    "notify": cmd_notify,
 }
 
 

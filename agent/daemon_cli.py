@@ -58,6 +58,16 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     on.add_argument("--for", dest="duration", default=DEFAULT_MAINTENANCE, metavar="DURATION",
                     help=f"how long, e.g. 30m, 2h (default {DEFAULT_MAINTENANCE}); it ends "
                     "by itself so a forgotten maintenance does not silence steward for good")
+    n = sub.add_parser("notify", help="test or flush e-mail notification",
+                       description="E-mail notification: 'test' sends a test mail through the "
+                       "configured relays and reports each relay's answer (exit 1 when none "
+                       "accepted it: it stays queued); 'flush' delivers what is queued now "
+                       "(exit 1 if anything is left).")
+    common(n)
+    acts = n.add_subparsers(dest="notify_command", metavar="test|flush")
+    acts.required = True
+    for name, text in (("test", "send a test mail now"), ("flush", "deliver the queue now")):
+        common(acts.add_parser(name, help=text, description=text[0].upper() + text[1:] + "."))
     t = sub.add_parser("reset", help="forget a unit's restarts and escalation",
                        description="Clear a unit's restart budget and escalation, so steward "
                        "restarts it again when it fails (after you fixed the cause).")

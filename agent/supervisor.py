@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from agent.config import ConfigError, load
+from agent.config import Config, ConfigError, load
 from agent.env import Env
 from agent.model import Check, Result, Status
 from agent.notify import Notifier
@@ -55,11 +55,12 @@ class _Job:
 
 class Supervisor:
     def __init__(self, registry: Registry, env: Env, config_path: Path | None,
-                 notifier: Notifier, state: StateDir, *,
+                 notify: Callable[[Config], Notifier], state: StateDir, *,
                  watcher: Callable[[Callable[[str, str], None]], Watcher] | None = None,
                  sd: SdNotify | None = None) -> None:
         self.registry, self.config_path = registry, config_path
-        self.notifier, self.state = notifier, state
+        self.notify, self.state = notify, state
+        self.notifier: Notifier | None = None
         self.sd = sd or SdNotify()
         self.host = socket.gethostname()
         self._wake = threading.Event()
@@ -75,6 +76,9 @@ class Supervisor:
 
     # -- configuration -----------------------------------------------------------------
     def _configure(self, env: Env) -> None:
+        if self.notifier is not None:
+            self.notifier.stop()  # queues what it gathered, so a reload loses no alert
+        self.notifier = self.notify(env.config)
         self.env = resolve(self.registry, env)
         self.policy = Policy(self.memory, self.env.config.restart, self._tolerance)
         checks, early = plan(self.registry, self.env)
@@ -100,6 +104,7 @@ class Supervisor:
                               "systemctl reload steward", since=time.time())])
             return
         self._configure(replace(self.env, config=config))
+        self._notifier().start()
         log.info("config reloaded from %s: %d checks", config.source, len(self.jobs))
 
     # -- events from other threads and signals -------------------------------------------
@@ -128,6 +133,7 @@ class Supervisor:
             signal.signal(sig, self._signal)
         if self.watcher:
             self.watcher.start()
+        self._notifier().start()
         log.info("steward run: %d checks, state in %s", len(self.jobs), self.state.path)
         try:
             self.run_pass()
@@ -143,6 +149,7 @@ class Supervisor:
                 self.run_pass()
         finally:
             self.sd.send(stopping="1")
+            self._notifier().stop()
             if self.watcher:
                 self.watcher.stop()
         log.info("steward run: stopped")
@@ -182,6 +189,7 @@ class Supervisor:
         for rs in restarts:
             alerts += self._restart(rs, now)
         self._send(alerts)
+        self._notifier().tick(now, self.memory.checks)
         self._persist()
         self.sd.send(watchdog="1", status=self._status_text)
 
@@ -209,10 +217,14 @@ class Supervisor:
                 j.next_due = min(j.next_due, grace)
         return self.policy.restarted(rs, now, error, action)
 
+    def _notifier(self) -> Notifier:
+        assert self.notifier is not None  # set by _configure in __init__
+        return self.notifier
+
     def _send(self, alerts: list[Alert]) -> None:
         for a in alerts:
             try:
-                self.notifier.send(a, self.host)
+                self._notifier().send(a, self.host)
             except Exception:  # a broken notifier must not stop supervision
                 log.exception("notifier failed for %s", a.check)
 

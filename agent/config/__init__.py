@@ -10,15 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config.schema import (
-    _ABSENT,
-    BOOLEAN,
-    CheckOptions,
-    ConfigError,
-    build,
-    number,
-    option,
-)
+from agent.config.schema import _ABSENT, CheckOptions, ConfigError, build
+from agent.config.sections import EmailOptions, RestartOptions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,24 +22,16 @@ DEFAULT_PATH = Path("/etc/steward/steward.toml")
 BUILTIN = "<built-in default>"
 
 
-@dataclass(frozen=True)
-class RestartOptions:
-    """``[restart]``: how ``steward run`` restarts failed units (systemd's Restart= goes first)."""
+# Tables a config file may hold besides [checks.*] -> (Config attribute, schema); later
+# capabilities add theirs here.
+SECTIONS: Mapping[str, tuple[str, type[Any]]] = {
+    "restart": ("restart", RestartOptions),
+    "notify.email": ("email", EmailOptions),
+}
+TABLES = ("checks", *dict.fromkeys(p.split(".")[0] for p in SECTIONS))
 
-    enabled: bool = option(True, BOOLEAN, "restart failed units and units whose probe fails")
-    budget: int = option(3, number(1, 100, integer=True), "restarts per unit within window")
-    window: float = option(900.0, number(60, 86400), "seconds the restart budget counts over")
-    backoff: float = option(30.0, number(0, 3600), "seconds between the first and second "
-                            "restart; doubles after each")
-    grace: float = option(20.0, number(0, 3600), "seconds after a restart before the unit is "
-                          "judged again")
-
-
-# Tables a config file may hold besides [checks.*]; later capabilities add theirs here.
-SECTIONS: Mapping[str, type[Any]] = {"restart": RestartOptions}
-TABLES = ("checks", *SECTIONS)
-
-__all__ = ["BUILTIN", "DEFAULT_PATH", "CheckOptions", "Config", "ConfigError", "load"]
+__all__ = ["BUILTIN", "DEFAULT_PATH", "CheckOptions", "Config", "ConfigError", "EmailOptions",
+           "RestartOptions", "load"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +41,7 @@ class Config:
     # Tables of check plugins that failed to load: kept unvalidated, reported by the registry.
     unloaded: Mapping[str, Any] = field(default_factory=dict)
     restart: RestartOptions = field(default_factory=RestartOptions)
+    email: EmailOptions = field(default_factory=EmailOptions)
 
 
 def load(path: Path | None, plugins: Mapping[str, type[Any]],
@@ -119,5 +105,25 @@ def from_tables(data: Mapping[str, Any], source: str, plugins: Mapping[str, type
     checks = {name: build(cls.Options, tables.get(name, {}), source, f"checks.{name}")
               for name, cls in sorted(plugins.items())}
     unloaded = {k: v for k, v in tables.items() if k in broken}
-    sections = {k: build(cls, data.get(k, {}), source, k) for k, cls in SECTIONS.items()}
+    sections = {attr: build(cls, _section(data, path, source), source, path)
+                for path, (attr, cls) in SECTIONS.items()}
     return Config(source, checks, unloaded=unloaded, **sections)
+
+
+def _section(data: Mapping[str, Any], path: str, source: str) -> Any:
+    """The table at dotted ``path`` ({} when absent); a parent holding anything but the known
+    sub-tables is an error."""
+    *parents, _ = path.split(".")
+    table: Any = data
+    for depth, name in enumerate(parents):
+        table = table.get(name, {})
+        where = ".".join(parents[:depth + 1])
+        known = [p.split(".")[depth + 1] for p in SECTIONS if p.startswith(where + ".")]
+        if not isinstance(table, Mapping):
+            raise ConfigError(source, where, table, "must be a table",
+                              ", ".join(f"[{where}.{k}]" for k in known))
+        for key in table:
+            if key not in known:
+                raise ConfigError(source, f"{where}.{key}", _ABSENT, "unknown table",
+                                  ", ".join(known))
+    return table.get(path.rsplit(".", maxsplit=1)[-1], {}) if isinstance(table, Mapping) else {}

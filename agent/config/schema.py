@@ -51,8 +51,14 @@ class Parser:
     accepted: str
 
 
-def option(default: T, parser: Parser, doc: str = "") -> T:
-    return dataclasses.field(default=default, metadata={"parser": parser, "doc": doc})
+def option(default: T, parser: Parser, doc: str = "", key: str = "") -> T:
+    """A config field; ``key`` is its TOML name when that cannot be a Python name ("from")."""
+    meta = {"parser": parser, "doc": doc, "key": key}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def toml_key(f: dataclasses.Field[Any]) -> str:
+    return str(f.metadata.get("key") or f.name)
 
 
 def _boolean(v: Any) -> bool:
@@ -151,19 +157,22 @@ def build(cls: type[T], table: Any, file: str, prefix: str) -> T:
     """An instance of Options dataclass ``cls`` from TOML ``table`` at ``prefix``."""
     if not isinstance(table, Mapping):
         raise ConfigError(file, prefix, table, "must be a table", "a [table] of keys")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {toml_key(f): f for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+              if "parser" in f.metadata}
     values: dict[str, Any] = {}
     for key, raw in table.items():
         f = fields.get(key)
-        if f is None or "parser" not in f.metadata:
-            raise ConfigError(file, f"{prefix}.{key}", _ABSENT, "unknown key",
-                              ", ".join(n for n, g in fields.items() if "parser" in g.metadata))
+        if f is None:
+            raise ConfigError(file, f"{prefix}.{key}", _ABSENT, "unknown key", ", ".join(fields))
         parser: Parser = f.metadata["parser"]
         try:
-            values[key] = parser.parse(raw)
+            values[f.name] = parser.parse(raw)
         except ValueError as e:
             raise ConfigError(file, f"{prefix}.{key}", raw, str(e), parser.accepted) from None
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as e:  # a rule across keys, from the dataclass's __post_init__
+        raise ConfigError(file, prefix, _ABSENT, str(e)) from None
 
 
 def to_toml(value: Any) -> str:

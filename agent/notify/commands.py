@@ -1,0 +1,60 @@
+"""``steward notify test`` and ``steward notify flush``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent.config import Config
+from agent.errors import UsageError
+from agent.model import Status
+from agent.notify.mailer import send_with, sender_for
+from agent.notify.outbox import Attempt, Outbox
+from agent.notify.templates import MailItem, Templates, build_message
+
+
+def _email(config: Config) -> Config:
+    if not config.email.enabled:
+        raise UsageError(f"{config.source}: no [notify.email] recipients (to = [...]) "
+                         "configured")
+    return config
+
+
+def _print(attempts: Sequence[Attempt]) -> None:
+    for a in attempts:
+        print(f"{a.subject}")
+        for relay, ok, detail in a.relays:
+            print(f"  {relay}: {'accepted' if ok else 'FAILED'}: {detail}")
+
+
+def cmd_test(config: Config, state_dir: Path, host: str) -> int:
+    """Queue a test mail to every recipient and try to deliver it now; 0 if a relay took it."""
+    opts = _email(config).email
+    now = time.time()
+    item = MailItem("test", "notify", Status.OK, f"test mail from steward on {host}",
+                    details=f"relays, in order: {', '.join(opts.relays)}", since=now)
+    subject, text, html = Templates(opts.template_dir).render([item], host=host, kind="test",
+                                                              now=now)
+    msg = build_message(subject, text, html, sender=opts.sender, kind="test",
+                        to=[address for address, _ in opts.to], date=now)
+    outbox = Outbox(state_dir / "outbox", opts.retry_max)
+    name = outbox.put(msg, now)
+    attempts = outbox.deliver(send_with(sender_for(opts, host)), now, only=name)
+    _print(attempts)
+    if attempts and attempts[-1].delivered:
+        print(f"delivered: {msg['Message-ID']}")
+        return 0
+    print(f"not delivered: the test mail stays queued in {outbox.path}; steward run retries it")
+    return 1
+
+
+def cmd_flush(config: Config, state_dir: Path) -> int:
+    """Try every queued mail now; 0 if the outbox is empty afterwards."""
+    opts = _email(config).email
+    outbox = Outbox(state_dir / "outbox", opts.retry_max)
+    attempts = outbox.deliver(send_with(sender_for(opts)), time.time(), force=True)
+    _print(attempts)
+    left = len(outbox.queued())
+    print(f"delivered {sum(a.delivered for a in attempts)}, {left} still queued")
+    return 0 if not left else 1
