@@ -50,6 +50,9 @@ class KeyState:
 class MailState:
     keys: dict[str, KeyState] = field(default_factory=dict)
     digest_day: str = ""
+    # Alerts in the open grouping window: on disk, so a crash inside the window loses none.
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    window_end: float | None = None
 
 
 def sender_for(opts: EmailOptions, host: str | None = None) -> SmtpSender:
@@ -71,16 +74,16 @@ class Mailer:
         self.outbox = Outbox(Path(state_dir) / "outbox", opts.retry_max)
         self.templates = templates or Templates(opts.template_dir)
         self._state_path = Path(state_dir) / "mail.json"
+        self._state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.state = self._load()
-        self._pending: list[Alert] = []
-        self._window_end: float | None = None
         self._worker: DeliveryWorker | None = None
 
     def _load(self) -> MailState:
         try:
             data = json.loads(self._state_path.read_text())
             return MailState({k: KeyState(**v) for k, v in data["keys"].items()},
-                             data.get("digest_day", ""))
+                             data.get("digest_day", ""), data.get("pending", []),
+                             data.get("window_end"))
         except FileNotFoundError:
             return MailState()
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -92,15 +95,20 @@ class Mailer:
 
     # -- the Notifier interface --------------------------------------------------------
     def send(self, alert: Alert, host: str) -> None:
-        self._pending.append(alert)
-        if self._window_end is None:
-            self._window_end = alert.since + self.opts.group_window
+        self.state.pending.append({**asdict(alert), "status": alert.status.name})
+        if self.state.window_end is None:
+            self.state.window_end = alert.since + self.opts.group_window
+        self._save()
+
+    def _take_pending(self) -> list[Alert]:
+        alerts = [Alert(**{**a, "status": Status[a["status"]]}) for a in self.state.pending]
+        self.state.pending, self.state.window_end = [], None
+        return alerts
 
     def tick(self, now: float, checks: Mapping[str, CheckRecord]) -> None:
         items: list[MailItem] = []
-        if self._window_end is not None and now >= self._window_end:
-            items += self._from_alerts(self._pending, now)
-            self._pending, self._window_end = [], None
+        if self.state.window_end is not None and now >= self.state.window_end:
+            items += self._from_alerts(self._take_pending(), now)
         items += self._cooled_and_reminders(now, checks)
         if items:
             self._queue(items, "alert", now)
@@ -213,12 +221,12 @@ class Mailer:
     def stop(self) -> None:
         """Queue what the grouping window holds (nothing is lost to a stop or a reload), then
         stop delivering; the outbox keeps the rest for the next start."""
-        if self._pending:
+        if self.state.pending:
             now = time.time()
-            items = self._from_alerts(self._pending, now)
-            self._pending, self._window_end = [], None
+            items = self._from_alerts(self._take_pending(), now)
             if items:
                 self._queue(items, "alert", now)
+            self._save()
         if self._worker:
             self._worker.stop()
 

@@ -234,3 +234,14 @@ def test_pending_alerts_are_queued_on_stop_so_a_restart_loses_none(server, tmp_p
     state = json.loads((tmp_path / "state" / "mail.json").read_text())
     assert state["keys"]["service:postfix"]["mailed_status"] == "CRIT"
     assert oct(os.stat(tmp_path / "state" / "mail.json").st_mode & 0o777) == "0o600"
+
+
+def test_alerts_in_the_grouping_window_survive_a_crash(server, tmp_path):
+    m = mailer(server, tmp_path, to=(("admin@example.com", "WARN"),))
+    m.send(problem("service:postfix"), "mail1")
+    del m  # killed inside the window: nothing queued yet, nothing stopped
+    again = mailer(server, tmp_path, to=(("admin@example.com", "WARN"),))
+    again.tick(T0 + 31, {})
+    deliver(again, T0 + 31)
+    [msg] = server.messages()
+    assert "service:postfix" in str(msg["Subject"])
