@@ -167,7 +167,6 @@ class Supervisor:
 
     def run_pass(self) -> None:
         """One full pass: requests, due checks, policy, actions, alerts, state, watchdog."""
-        now = time.time()
         for unit in self.state.take_requests():
             known = self.policy.reset(unit)
             log.warning("reset of %s requested: restart budget and escalation %s", unit,
@@ -184,6 +183,7 @@ class Supervisor:
                 j.recheck = float("inf")
             j.next_due = min(j.next_due, j.recheck)
         results += self.early if due else []
+        now = time.time()  # after the checks, which may take up to their timeouts
         self.results.update((r.check, r) for r in results)
         alerts, restarts = self.policy.evaluate(results, now, self.state.maintenance())
         for rs in restarts:
