@@ -84,6 +84,9 @@ class Result:
     # Check ids or globs this result depends on; while one of them fails, this result is
     # inhibited (no action, no alert): a dead named explains failing DNS lookups.
     depends_on: tuple[str, ...] = ()
+    # Whether restarting ``unit`` may cure a failure: yes for a dead or hung service, no for
+    # findings a restart cannot change (a certificate about to expire, a missing STARTTLS).
+    restartable: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.status, Status):

@@ -124,7 +124,7 @@ class Policy:
                 alerts.append(Alert(kind, r.check, Status[rec.status], rec.summary, r.details,
                                     r.remedy, rec.since))
                 rec.alerted = rec.status
-            if (self.restart.enabled and r.unit and r.unit not in restarts
+            if (self.restart.enabled and r.unit and r.restartable and r.unit not in restarts
                     and r.status is Status.CRIT and rec.status == "CRIT"):
                 decision = self._restart_or_escalate(r, now)
                 if isinstance(decision, Restart):

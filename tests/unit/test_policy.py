@@ -150,3 +150,12 @@ def test_essence_ignores_changing_summaries_only():
     assert m.essence() == before
     p.evaluate([svc(CRIT)], 2, NONE)
     assert m.essence() != before
+
+
+def test_a_probe_failure_a_restart_cannot_cure_is_alerted_but_not_restarted():
+    p = policy()
+    cert = Result("smtp:localhost:25", CRIT, "certificate expires in 3 days", unit="postfix",
+                  depends_on=("service:postfix",), restartable=False)
+    alerts, restarts = p.evaluate([svc(OK), cert], 0, NONE)
+    assert kinds(alerts) == [("problem", "smtp:localhost:25", "CRIT")]
+    assert restarts == []
