@@ -1,0 +1,192 @@
+"""The mail domain's public DNS as receivers see it: MX, SPF, DMARC, DKIM, and the PTR and
+blocklist standing of the addresses the appliance sends from. One instance per domain; the
+queries of one domain run in parallel threads within the check's timeout."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import dns.exception
+
+from agent.config.schema import TEXT, CheckOptions, Parser, listing, number, option, table
+from agent.env import Env
+from agent.model import Check, Result, Status
+from checks.maildns.dkim import read_keytable
+from checks.maildns.lookup import Lookup, split_resolver
+from checks.maildns.records import Ctx, dnsbl_rule, mx_rule, ptr_rule
+from checks.maildns.rules import dkim_rule, dmarc_rule, spf_rule
+
+DEFAULT_KEYTABLE = "/etc/opendkim/KeyTable"
+
+
+def _domain(v: Any) -> str:
+    if not isinstance(v, str) or not v.strip(".") or any(c.isspace() for c in v) or \
+            ".." in v or len(v) > 253:
+        raise ValueError("not a domain name")
+    return v.lower().rstrip(".")
+
+
+def _resolver(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("not a string")
+    split_resolver(v)
+    return v
+
+
+def _ip(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("not a string")
+    return str(ipaddress.ip_address(v))
+
+
+def _selector(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", v):
+        raise ValueError("not a DKIM selector (letters, digits, - and _, dotted)")
+    return v
+
+
+def _key_name(v: Any) -> str:
+    if not isinstance(v, str) or "._domainkey." not in v or any(c.isspace() for c in v):
+        raise ValueError("not selector._domainkey.domain")
+    return v.lower().rstrip(".")
+
+
+DOMAIN = Parser(_domain, "a domain name")
+SELECTORS = listing(Parser(_selector, "a DKIM selector"))
+
+
+def _selectors(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return table(DOMAIN, SELECTORS).parse(v)
+    return SELECTORS.parse(v)
+
+
+@dataclass(frozen=True)
+class MailDnsOptions(CheckOptions):
+    domains: tuple[str, ...] = option((), listing(DOMAIN), "mail domains to audit; none: "
+                                      "the check yields nothing")
+    resolvers: tuple[str, ...] = option((), listing(Parser(_resolver, '"ip" or "ip:port" or '
+                                                           '"[ipv6]:port"')),
+                                        "resolvers to ask; none: those of /etc/resolv.conf")
+    sending_ips: tuple[str, ...] = option((), listing(Parser(_ip, "an IP address")),
+                                          "addresses the appliance sends mail from (SPF, PTR "
+                                          "and blocklists are checked for each)")
+    dkim_selectors: Any = option((), Parser(_selectors, "a list of selectors, or a table: "
+                                            "domain = [selectors]"),
+                                 "DKIM selectors to check (those of the KeyTable are added)")
+    dkim_keys: Mapping[str, str] | None = option(
+        None, table(Parser(_key_name, '"selector._domainkey.domain"'), TEXT),
+        "private key file of each selector, to compare with the published key")
+    opendkim_keytable: str | None = option(
+        None, TEXT, f"OpenDKIM KeyTable giving selectors and keys; unset: {DEFAULT_KEYTABLE} "
+        "if it exists")
+    dnsbl: tuple[str, ...] = option((), listing(DOMAIN), "DNS blocklist zones to look the "
+                                    "sending IPs up in")
+    query_timeout: float = option(3.0, number(0.1, 60), "seconds for one DNS query")
+    timeout: float = option(30.0, number(0.1, 3600), "seconds before the check is UNKNOWN")
+    interval: float = option(3600.0, number(1, 86400), "seconds between runs under steward "
+                             "run")
+
+
+def _one(rule: Callable[..., Result], *args: Any) -> list[Result]:
+    return [rule(*args)]
+
+
+class MailDnsCheck(Check):
+    name = "maildns"
+    Options = MailDnsOptions
+    options: MailDnsOptions
+
+    @classmethod
+    def instances(cls, options: MailDnsOptions, env: Env) -> Iterable[Check]:
+        return [cls(options, d) for d in options.domains]
+
+    def run(self, env: Env) -> Iterable[Result]:
+        o = self.options
+        try:
+            lookup = Lookup(o.resolvers, o.query_timeout)
+        except (dns.exception.DNSException, OSError) as e:
+            return [self.result(Status.UNKNOWN, f"no resolver: {e}",
+                                remedy="set resolvers in [checks.maildns] or fix "
+                                "/etc/resolv.conf")]
+        ctx = Ctx(self, lookup, self.target)
+        jobs: dict[str, Callable[[], list[Result]]] = {
+            "mx": lambda: mx_rule(ctx),
+            "spf": lambda: spf_rule(ctx, o.sending_ips),
+            "dmarc": lambda: [dmarc_rule(ctx)],
+        }
+        keys, trouble = self.dkim_keys(env)
+        for sel in self.selectors(keys):
+            jobs[f"dkim:{sel}"] = partial(_one, dkim_rule, ctx, sel, keys.get(sel))
+        for ip in o.sending_ips:
+            jobs[f"ptr:{ip}"] = partial(_one, ptr_rule, ctx, ip)
+            if o.dnsbl:
+                jobs[f"dnsbl:{ip}"] = partial(_one, dnsbl_rule, ctx, ip, o.dnsbl)
+        results: list[Result] = []
+        if trouble or not any(j.startswith("dkim:") for j in jobs):
+            results.append(ctx.result(
+                "dkim", Status.UNKNOWN if trouble else Status.WARN,
+                trouble or f"no DKIM selector known for {self.target}: DKIM not checked",
+                remedy="set dkim_selectors (and dkim_keys) in [checks.maildns], or "
+                "opendkim_keytable"))
+        results += self._parallel(ctx, jobs)
+        return results
+
+    def _parallel(self, ctx: Ctx, jobs: dict[str, Callable[[], list[Result]]]) -> list[Result]:
+        # Leave the runner a margin so slow rules become UNKNOWN here, by name, rather than
+        # the whole check timing out with nothing to show.
+        deadline = time.monotonic() + max(self.options.timeout * 0.9, self.options.timeout - 2)
+        pool = ThreadPoolExecutor(max_workers=min(16, len(jobs)),
+                                  thread_name_prefix=f"maildns-{self.target}")
+        futures = {rule: pool.submit(job) for rule, job in jobs.items()}
+        out: list[Result] = []
+        try:
+            for rule, fut in futures.items():
+                try:
+                    out += fut.result(timeout=max(0.0, deadline - time.monotonic()))
+                except FutureTimeout:
+                    out.append(ctx.result(rule, Status.UNKNOWN, "no answer within the check's "
+                                          "timeout", remedy="check the resolvers, or raise "
+                                          "timeout in [checks.maildns]"))
+                except Exception as e:  # one rule's bug must not hide the others' results
+                    out.append(ctx.result(rule, Status.UNKNOWN, f"rule failed: {e!r}"[:200]))
+        finally:
+            pool.shutdown(wait=False)
+        return out
+
+    def selectors(self, keys: Mapping[str, str]) -> list[str]:
+        sel = self.options.dkim_selectors
+        configured = sel.get(self.target, ()) if isinstance(sel, Mapping) else sel
+        return list(dict.fromkeys([*configured, *keys]))
+
+    def dkim_keys(self, env: Env) -> tuple[dict[str, str], str]:
+        """selector -> private key path for this domain, and a problem reading the table."""
+        o = self.options
+        root = env.sysroot
+        keys: dict[str, str] = {}
+        trouble = ""
+        path = o.opendkim_keytable or DEFAULT_KEYTABLE
+        table_file = root / path.lstrip("/")
+        if o.opendkim_keytable or table_file.exists():
+            try:
+                for domain, selector, keyfile in read_keytable(table_file).values():
+                    if domain == self.target:
+                        keys[selector] = str(root / keyfile.lstrip("/")) \
+                            if keyfile.startswith("/") else keyfile
+            except OSError as e:
+                trouble = f"cannot read the KeyTable {table_file}: {e.strerror or e}"
+        suffix = f"._domainkey.{self.target}"
+        for name, keyfile in (o.dkim_keys or MappingProxyType({})).items():
+            if name.lower().endswith(suffix):
+                keys[name[:-len(suffix)]] = str(Path(keyfile))
+        return keys, trouble
