@@ -21,7 +21,8 @@ REGISTRY = discover()
 # (file text, what stderr must say) — the documented error for each kind of mistake.
 BAD = [
     ("[chekcs.disk]\n", r"chekcs: unknown table \(accepted: checks, restart, notify\)"),
-    ("[checks.dsk]\nwarn = '80'\n", r"checks\.dsk: unknown check \(accepted: disk, .*load, .*memory, "),
+    ("[checks.dsk]\nwarn = '80'\n",
+     r"checks\.dsk: unknown check \(accepted: disk, .*load, .*memory, "),
     ("[checks.disk]\nwran = '80'\n",
      r"checks\.disk\.wran: unknown key \(accepted: enabled, timeout, interval, tolerance, "
      r"depends_on, warn, crit"),
