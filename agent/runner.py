@@ -156,7 +156,10 @@ def resolve(registry: Registry, env: Env, selector: Selector = Selector()) -> En
     order = sorted(registry.checks.items(), key=lambda kv: (kv[1].resolve_order, kv[0]))
     for name, cls in order:
         opts = checks.get(name)
-        if opts is None or not opts.enabled or not selector.may_run(name, name):
+        # Plugins others build on (resolve_order 0: the services) resolve even when not
+        # selected, so --only port still knows which services' ports to probe.
+        if opts is None or not opts.enabled or (
+                cls.resolve_order and not selector.may_run(name, name)):
             continue
         current = dataclasses.replace(env, config=dataclasses.replace(env.config, checks=checks))
         checks[name] = cls.resolve(opts, current)

@@ -33,9 +33,8 @@ from agent.config.schema import (
 from agent.env import Env
 from agent.model import Check, Metric, Result, Status
 from agent.ranges import Range, judge
-from agent.system.commands import CommandError
 from checks.protocols import is_local
-from checks.services import discover
+from checks.services import watched_units
 from checks.tlsinfo import (
     EXPIRY_CRIT,
     EXPIRY_WARN,
@@ -126,12 +125,7 @@ class HttpCheck(Check):
     def resolve(cls, options: HttpOptions, env: Env) -> HttpOptions:
         if options.urls is not None:
             return options
-        units = getattr(env.config.checks.get("service"), "units", None)
-        if units is None:
-            try:
-                units = discover(env)
-            except CommandError:
-                units = ()
+        units = watched_units(env)
         urls = ("http://localhost/",) if options.unit in units else ()
         return dataclasses.replace(options, urls=urls)
 

@@ -14,8 +14,7 @@ from agent.config.schema import RANGE, TEXT, CheckOptions, Parser, listing, numb
 from agent.env import Env
 from agent.model import Check, Metric, Result, Status
 from agent.ranges import Range, judge
-from agent.system.commands import CommandError
-from checks.services import discover
+from checks.services import watched_units
 
 # Where each appliance service listens by default (checked on localhost).
 SERVICE_PORTS = {"sshd": (22,), "postfix": (25,), "named": (53,), "named-chroot": (53,),
@@ -67,12 +66,7 @@ class PortCheck(Check):
     def resolve(cls, options: PortOptions, env: Env) -> PortOptions:
         if options.targets is not None:
             return options
-        units = getattr(env.config.checks.get("service"), "units", None)
-        if units is None:
-            try:
-                units = discover(env)
-            except CommandError:
-                units = ()  # no systemd: no services to derive ports from
+        units = watched_units(env)
         links: dict[str, str] = {}
         for unit in units:
             for port in SERVICE_PORTS.get(unit, ()):

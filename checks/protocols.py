@@ -14,6 +14,7 @@ import ipaddress
 import socket
 import ssl
 import time
+from abc import abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -34,7 +35,7 @@ from agent.model import Check, Metric, Result, Status
 from agent.ranges import Range, judge
 from agent.system.commands import CommandError
 from checks.ports import split_target
-from checks.services import discover
+from checks.services import watched_units
 from checks.tlsinfo import (
     EXPIRY_CRIT,
     EXPIRY_WARN,
@@ -200,12 +201,7 @@ class ProbeCheck(Check):
     def resolve(cls, options: ProbeOptions, env: Env) -> ProbeOptions:
         if options.targets is not None:
             return options
-        units = getattr(env.config.checks.get("service"), "units", None)
-        if units is None:
-            try:
-                units = discover(env)
-            except CommandError:
-                units = ()  # no systemd: nothing to derive targets from
+        units = watched_units(env)
         targets = cls.default_targets(env) if options.unit in units else ()
         # The certificate names the machine, not "localhost": judge it by the host name.
         return dataclasses.replace(options, targets=targets,
@@ -342,20 +338,24 @@ class ProbeCheck(Check):
 
     # -- protocol words, per subclass -------------------------------------------------------
 
+    @abstractmethod
     def greet(self, conv: Conversation, t: Transcript, since: float) -> None:
-        raise NotImplementedError
+        """Protocol-specific."""
 
+    @abstractmethod
     def capabilities(self, conv: Conversation, t: Transcript, when: str) -> set[str]:
-        raise NotImplementedError
+        """Protocol-specific."""
 
     def offers_starttls(self, caps: set[str]) -> bool:
         return "STARTTLS" in caps
 
+    @abstractmethod
     def request_tls(self, conv: Conversation) -> None:
-        raise NotImplementedError
+        """Protocol-specific."""
 
+    @abstractmethod
     def goodbye(self, conv: Conversation) -> None:
-        raise NotImplementedError
+        """Protocol-specific."""
 
 
 def _reply_lines(conv: Conversation, done: Any) -> list[str]:

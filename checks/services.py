@@ -36,6 +36,13 @@ def discover(env: Env, candidates: Sequence[str] = APPLIANCE_UNITS) -> tuple[str
                  if u.exists and (u.enabled or u.active_state != "inactive"))
 
 
+def watched_units(env: Env) -> tuple[str, ...]:
+    """The services the service check watches, once resolved (the runner resolves the service
+    check first, so probes build their default targets on it without asking systemd again);
+    none when systemd could not be asked."""
+    return getattr(env.config.checks.get("service"), "units", None) or ()
+
+
 class ServiceCheck(Check):
     name = "service"
     Options = ServiceOptions
