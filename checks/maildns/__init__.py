@@ -4,6 +4,7 @@ queries of one domain run in parallel threads within the check's timeout."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import time
@@ -140,6 +141,11 @@ class MailDnsCheck(Check):
                 remedy="set dkim_selectors (and dkim_keys) in [checks.maildns], or "
                 "opendkim_keytable"))
         results += self._parallel(ctx, jobs)
+        if lookup.local_note:
+            # Answers come from our own named: while it (or its copy of this zone) fails, the
+            # record findings are its consequence, not news of their own.
+            local = ("service:named*", f"dns:{self.target}")
+            results = [dataclasses.replace(r, depends_on=r.depends_on + local) for r in results]
         return results
 
     def _parallel(self, ctx: Ctx, jobs: dict[str, Callable[[], list[Result]]]) -> list[Result]:

@@ -117,7 +117,9 @@ def test_domain_without_mx_is_critical_with_the_record_to_publish(bed):
 
 
 def test_details_say_the_resolver_is_the_appliances_own_bind(bed):
-    assert "own BIND" in run(bed, "good.test")["mx"].details
+    mx = run(bed, "good.test")["mx"]
+    assert "own BIND" in mx.details
+    assert mx.depends_on == ("service:named*", "dns:good.test"), "inhibited while named fails"
 
 
 # --- SPF --------------------------------------------------------------------------------
