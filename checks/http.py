@@ -33,7 +33,7 @@ from agent.config.schema import (
 from agent.env import Env
 from agent.model import Check, Metric, Result, Status
 from agent.ranges import Range, judge
-from checks.protocols import is_local
+from checks.probe import is_local
 from checks.services import watched_units
 from checks.tlsinfo import (
     EXPIRY_CRIT,

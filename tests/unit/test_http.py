@@ -13,7 +13,7 @@ from agent.env import Env
 from agent.model import Status
 from agent.ranges import Range
 from checks.http import HttpCheck, HttpOptions
-from checks.protocols import is_local
+from checks.probe import is_local
 from tests.mailserver import free_port, make_ca
 from tests.tlsservers import Page, WebServer, issue_cert
 
