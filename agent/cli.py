@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, daemon_cli
-from agent.config import BUILTIN, SECTIONS, Config, ConfigError, load
+from agent.config import BUILTIN, SECTIONS, Config, ConfigError, from_tables, read
 from agent.config.schema import to_toml, toml_key
 from agent.env import DEFAULT_STATE_DIR, Env
 from agent.errors import UsageError
@@ -87,21 +87,30 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return Path(os.environ.get("STEWARD_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
-def _setup(args: argparse.Namespace) -> tuple[Registry, Env]:
-    registry = discover()
-    config = load(args.config, registry.checks, registry.broken_checks)
+def _setup(args: argparse.Namespace, selector: Selector | None = None
+           ) -> tuple[Registry, Env]:
+    source, data = read(args.config)
+    tables = data.get("checks", {})
+    written = set(tables) if isinstance(tables, dict) else set()
+    # With --only, load just the selected plugins, those the file configures (so its every
+    # table is still validated) and the service check, which others build on.
+    wanted = None if selector is None or not selector.only else (
+        lambda name: name == "service" or name in written or selector.may_run(name, name))
+    registry = discover(wanted)
+    config = from_tables(data, source, registry.checks, registry.unloaded_checks)
     return registry, Env(config, state_dir=_state_dir(args))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     if args.output and not args.output.parent.is_dir():
         raise UsageError(f"--output {args.output}: folder {args.output.parent} does not exist")
-    registry, env = _setup(args)
     selector = Selector(tuple(args.only), tuple(args.skip))
+    registry, env = _setup(args, selector)
     env = resolve(registry, env, selector)
     report = run_all(registry, env, selector)
     if args.only and not report.results:
-        enabled = sorted(n for n, o in env.config.checks.items() if o.enabled)
+        enabled = sorted({n for n, o in env.config.checks.items() if o.enabled}
+                         | registry.skipped)
         raise UsageError(f"--only {' '.join(args.only)}: matches no result of the enabled "
                          f"checks ({', '.join(enabled)})")
     host = socket.gethostname()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,12 @@ class Registry:
     checks: dict[str, type[Check]] = field(default_factory=dict)
     actions: dict[str, type[Action]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)  # "group:name" -> reason
+    skipped: set[str] = field(default_factory=set)  # check plugins not loaded on purpose
+
+    @property
+    def unloaded_checks(self) -> frozenset[str]:
+        """Check plugins whose config tables are kept unvalidated: broken or skipped."""
+        return self.broken_checks | self.skipped
 
     @property
     def broken_checks(self) -> frozenset[str]:
@@ -58,9 +65,15 @@ def _load(ep: Any, base: type[Any], kind: str, reg: Registry) -> type[Any] | Non
     return obj
 
 
-def discover() -> Registry:
+def discover(wanted: Callable[[str], bool] | None = None) -> Registry:
+    """Load the plugins; with ``wanted``, only the check plugins it accepts (``--only``: a
+    one-check run need not import every plugin's libraries). The others are listed in
+    ``skipped``, so their config tables are still recognised."""
     reg = Registry()
     for ep in _entry_points(CHECKS):
+        if wanted is not None and not wanted(ep.name):
+            reg.skipped.add(ep.name)
+            continue
         cls = _load(ep, Check, "check", reg)
         if cls is not None:
             reg.checks[ep.name] = cls

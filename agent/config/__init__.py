@@ -52,9 +52,15 @@ def load(path: Path | None, plugins: Mapping[str, type[Any]],
     ``plugins`` maps check names to their classes (for their ``Options``); ``broken`` names
     plugins that failed to load, whose tables are accepted unchecked.
     """
+    source, data = read(path)
+    return from_tables(data, source, plugins, broken)
+
+
+def read(path: Path | None) -> tuple[str, Mapping[str, Any]]:
+    """The config's source name and its TOML, unvalidated (see ``load``)."""
     if path is None:
         if not DEFAULT_PATH.exists():
-            return from_tables({}, BUILTIN, plugins, broken)
+            return BUILTIN, {}
         path = DEFAULT_PATH
     name = str(path)
     try:
@@ -71,7 +77,7 @@ def load(path: Path | None, plugins: Mapping[str, type[Any]],
         raise ConfigError(name, "", _ABSENT, f"not valid TOML: {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(name, "", _ABSENT, "not valid TOML: not UTF-8 text") from None
-    return from_tables(data, name, plugins, broken)
+    return name, data
 
 
 def _refuse_unsafe(fd: int, name: str) -> None:

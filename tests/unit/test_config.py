@@ -187,3 +187,10 @@ def test_generated_toml_is_either_a_config_or_a_config_error(doc):
 @given(st.text(alphabet=string.printable + "äß€", max_size=200))
 def test_arbitrary_text_is_either_a_config_or_a_config_error(text):
     _load_text(text)
+
+
+def test_only_still_validates_every_table_the_file_has(tmp_path, steward):
+    path = _write(tmp_path, "[checks.disk]\nwarn = 'x'\n")
+    proc = steward("check", "--config", str(path), "--only", "memory")
+    assert proc.returncode == 2
+    assert "checks.disk.warn" in proc.stderr
