@@ -49,9 +49,11 @@ def txt(value: str) -> str:
 
 @contextmanager
 def bind_server(zones: Mapping[str, str], directory: Path,
-                startup: float = 20.0) -> Iterator[tuple[str, int]]:
+                startup: float = 20.0, options: str = "") -> Iterator[tuple[str, int]]:
     """Run named for ``zones`` (origin -> zone file text, e.g. from zone_text) with its files
-    in ``directory``; yields (host, port) once every zone answers its SOA."""
+    in ``directory``; yields (host, port) once every zone answers its SOA. ``options`` is
+    extra text for named.conf's options block (e.g. ``version "none";``); the config is
+    ``directory / "named.conf"``."""
     binary = named_binary()
     if binary is None:
         raise RuntimeError(named_missing())
@@ -73,6 +75,7 @@ def bind_server(zones: Mapping[str, str], directory: Path,
     recursion no;
     allow-query {{ any; }};
     dnssec-validation no;
+    {options}
 }};
 controls {{ }};
 {chr(10).join(stanzas)}

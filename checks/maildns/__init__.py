@@ -17,8 +17,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import dns.exception
-
 from agent.config.schema import TEXT, CheckOptions, Parser, listing, number, option, table
 from agent.env import Env
 from agent.model import Check, Result, Status
@@ -114,6 +112,8 @@ class MailDnsCheck(Check):
 
     def run(self, env: Env) -> Iterable[Result]:
         o = self.options
+        import dns.exception  # loaded with the first domain to check, not with steward
+
         try:
             lookup = Lookup(o.resolvers, o.query_timeout)
         except (dns.exception.DNSException, OSError) as e:

@@ -7,12 +7,6 @@ import ipaddress
 import threading
 from dataclasses import dataclass
 
-import dns.exception
-import dns.name
-import dns.rdatatype
-import dns.resolver
-import dns.reversename
-
 # Loopback resolvers on the appliance are its own BIND: it answers from its own zones (and
 # its own view of the world), which may differ from what other mail servers see.
 LOCAL = ("127.0.0.1", "::1")
@@ -75,6 +69,8 @@ class Lookup:
     """Thread-safe cached queries against the configured (or the system's) resolvers."""
 
     def __init__(self, resolvers: tuple[str, ...] = (), timeout: float = 3.0) -> None:
+
+        import dns.resolver  # dnspython only when a domain is checked
         if resolvers:
             self.resolver = dns.resolver.Resolver(configure=False)
             servers = [split_resolver(r) for r in resolvers]
@@ -116,6 +112,10 @@ class Lookup:
         return answer
 
     def _ask(self, name: str, rdtype: str) -> Answer:
+
+        import dns.exception  # dnspython only when a domain is checked
+        import dns.name
+        import dns.resolver
         try:
             qname = dns.name.from_text(name)
             rrset = self.resolver.resolve(qname, rdtype, raise_on_no_answer=False,
@@ -150,10 +150,15 @@ class Lookup:
         return self.query(name, "A"), self.query(name, "AAAA")
 
     def ptr(self, ip: str) -> Answer:
+
+        import dns.reversename  # dnspython only when a domain is checked
         return self.query(dns.reversename.from_address(ip).to_text(), "PTR")
 
 
 def reverse_labels(ip: str) -> str:
     """The DNSBL form of an address: 192.0.2.1 -> "1.2.0.192", IPv6 as reversed nibbles."""
+
+
+    import dns.reversename  # dnspython only when a domain is checked
     text = dns.reversename.from_address(ip).to_text().rstrip(".")
     return text.rsplit(".", 2)[0]
