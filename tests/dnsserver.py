@@ -16,7 +16,7 @@ import dns.message
 import dns.query
 import dns.rcode
 
-from tests.mailserver import free_port
+from tests.netutil import free_port
 
 SBIN = "/usr/sbin:/sbin"
 
@@ -49,7 +49,8 @@ def txt(value: str) -> str:
 
 @contextmanager
 def bind_server(zones: Mapping[str, str], directory: Path,
-                startup: float = 20.0, options: str = "") -> Iterator[tuple[str, int]]:
+                startup: float = 20.0, options: str = "", port: int = 0
+                ) -> Iterator[tuple[str, int]]:
     """Run named for ``zones`` (origin -> zone file text, e.g. from zone_text) with its files
     in ``directory``; yields (host, port) once every zone answers its SOA. ``options`` is
     extra text for named.conf's options block (e.g. ``version "none";``); the config is
@@ -59,7 +60,7 @@ def bind_server(zones: Mapping[str, str], directory: Path,
         raise RuntimeError(named_missing())
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     stanzas = []
     for origin, text in zones.items():
         (d / f"{origin}.zone").write_text(text)

@@ -7,7 +7,6 @@ import email
 import email.message
 import email.policy
 import secrets
-import socket
 import ssl
 import subprocess
 import threading
@@ -18,13 +17,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-
-def free_port() -> int:
-    """A loopback port nothing listens on (barring a race with another process)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.netutil import free_port
 
 
 def _openssl(*args: str | Path) -> None:
