@@ -168,6 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.system.unitwatch import UnitWatcher
 
     registry, env = _setup(args)
+    env = dataclasses.replace(env, keeps_state=True)
     state = StateDir(env.state_dir)
     state.ensure()
     host = socket.gethostname()

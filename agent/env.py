@@ -21,6 +21,9 @@ class Env:
     clock: Clock = field(default_factory=Clock)
     sysroot: Path = Path("/")
     state_dir: Path = DEFAULT_STATE_DIR
+    # Whether checks move their own bookkeeping forward (log positions): only under steward
+    # run, so that a manual steward check reads the news without taking it from the daemon.
+    keeps_state: bool = False
 
     def __post_init__(self) -> None:
         if self.systemd is None:

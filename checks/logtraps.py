@@ -281,7 +281,8 @@ class LogTrapCheck(Check):
         status, summary, details = self._judge(mine, hits, env.clock.now(), trap, where)
         mine["pos"] = news.position
         try:
-            _state(env.state_dir, self.target, mine)
+            if env.keeps_state:
+                _state(env.state_dir, self.target, mine)
         except OSError as e:
             return [self._unkept(env, e)]
         notes = "\n".join(news.notes)

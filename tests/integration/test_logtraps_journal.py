@@ -27,7 +27,7 @@ from checks.logtraps import LogTrapCheck, LogTrapOptions
 from pathlib import Path
 traps = json.loads(sys.argv[1])
 opts = build(LogTrapOptions, {"traps": traps}, "<test>", "checks.logtrap")
-env = Env(Config("<test>"), state_dir=Path("/var/lib/stw-test"))
+env = Env(Config("<test>"), state_dir=Path("/var/lib/stw-test"), keeps_state=True)
 for name in sys.argv[2:]:
     [r] = LogTrapCheck(opts, name).run(env)
     print(json.dumps({"check": r.check, "status": r.status.name, "summary": r.summary,

@@ -47,7 +47,8 @@ def file_trap(path, pattern="error", **kw):
 
 
 def run(opts, tmp_path, clock, name="t", **kw):
-    env = Env(Config("<test>"), state_dir=tmp_path / "state", clock=clock, **kw)
+    env = Env(Config("<test>"), state_dir=tmp_path / "state", clock=clock, keeps_state=True,
+              **kw)
     [r] = LogTrapCheck(opts, name).run(env)
     return r
 
@@ -309,3 +310,20 @@ def test_missing_journalctl_is_unknown_with_the_reason(tmp_path, clock):
     r = run(opts, tmp_path, clock, commands=cmds)
     assert r.status is Status.UNKNOWN
     assert r.summary == "cannot read the journal: journalctl: command not found"
+
+
+def test_a_manual_check_reads_the_news_without_taking_it_from_the_daemon(tmp_path):
+    log = tmp_path / "maillog"
+    log.write_text("start\n")
+    daemon = Env(Config("<test>"), state_dir=tmp_path / "state", keeps_state=True)
+    manual = Env(Config("<test>"), state_dir=tmp_path / "state")
+    opts = build(LogTrapOptions, {"traps": {"t": {"pattern": "fatal", "file": str(log)}}},
+                 "test", "checks.logtrap")
+    check = LogTrapCheck(opts, "t")
+    list(check.run(daemon))  # first run: starts at the end
+    with log.open("a") as fh:
+        fh.write("fatal: disk\n")
+    [seen] = check.run(manual)
+    assert seen.status is not Status.OK
+    [again] = check.run(daemon)
+    assert again.status is not Status.OK, "the daemon still gets the news"
