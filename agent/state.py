@@ -50,8 +50,9 @@ class StateDir:
             os.replace(self.path / name, bad)
             return None
 
-    def _write(self, name: str, data: Any) -> None:
-        write_atomic(self.path / name, json.dumps(data, indent=1, sort_keys=True) + "\n", 0o600)
+    def _write(self, name: str, data: Any, durable: bool = True) -> None:
+        write_atomic(self.path / name, json.dumps(data, indent=1, sort_keys=True) + "\n", 0o600,
+                     durable)
 
     def load_memory(self) -> Memory:
         data = self._read("state.json")
@@ -65,7 +66,8 @@ class StateDir:
         self._write("state.json", memory.to_dict())
 
     def write_status(self, status: dict[str, Any]) -> None:
-        self._write("status.json", status)
+        # What the daemon sees now: rewritten as summaries change, rebuilt after a crash.
+        self._write("status.json", status, durable=False)
 
     def read_status(self) -> dict[str, Any] | None:
         data = self._read("status.json")

@@ -16,9 +16,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import dns.exception
-import dns.name
-
 if TYPE_CHECKING:
     import dns.message
 
@@ -69,6 +66,9 @@ def _server(v: Any) -> str:
 
 
 def _zone(v: Any) -> str:
+    import dns.exception  # only when a zone is configured
+    import dns.name
+
     text = TEXT.parse(v).strip().rstrip(".").lower()
     try:
         dns.name.from_text(text)
@@ -79,6 +79,8 @@ def _zone(v: Any) -> str:
 
 @dataclass(frozen=True)
 class DnsServiceOptions(CheckOptions):
+    interval: float = option(60.0, number(1, 86400), "seconds between runs under steward run "
+                             "(named is watched by its unit too)")
     server: str = option("127.0.0.1", Parser(_server, '"ip", "ip:port" or "[ipv6]:port"'),
                          "the name server to ask (port 53 unless given)")
     zones: tuple[str, ...] | None = option(
@@ -244,7 +246,9 @@ class DnsServiceCheck(Check):
         return reply, time.monotonic() - t0
 
     def zone(self, env: Env, host: str, port: int, unit: str) -> Result:
-        import dns.flags  # dnspython loads when a query is made, not with steward
+        import dns.exception  # dnspython loads when a query is made, not with steward
+        import dns.flags
+        import dns.name
         import dns.rcode
         import dns.rdatatype
 
@@ -302,7 +306,8 @@ class DnsServiceCheck(Check):
                 f"(named-checkconf -z)? then rndc reload {zone}; see {journal}")
 
     def version(self, host: str, port: int) -> Result:
-        import dns.rcode  # dnspython loads when a query is made, not with steward
+        import dns.exception  # dnspython loads when a query is made, not with steward
+        import dns.rcode
         import dns.rdatatype
 
         where = f"{host}#{port}" if port != DNS_PORT else host

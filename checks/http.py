@@ -86,6 +86,8 @@ URL = Parser(_url, "an http:// or https:// URL")
 
 @dataclass(frozen=True)
 class HttpOptions(CheckOptions):
+    interval: float = option(60.0, number(1, 86400), "seconds between runs under steward run "
+                             "(a TLS handshake each minute is plenty)")
     urls: tuple[str, ...] | None = option(
         None, listing(URL), "http://localhost/ when httpd runs here")
     expect: tuple[int, ...] = option(

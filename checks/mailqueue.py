@@ -33,6 +33,8 @@ REMEDY = ("see what waits and why: postqueue -p (or mailq); fix the cause (relay
 
 @dataclass(frozen=True)
 class MailQueueOptions(CheckOptions):
+    interval: float = option(300.0, number(1, 86400), "seconds between runs under steward run "
+                             "(postqueue asks showq to read the whole queue)")
     deferred_warn: Range | None = option(Range.parse("50"), RANGE, "deferred messages")
     deferred_crit: Range | None = option(Range.parse("500"), RANGE, "deferred messages")
     age_warn: Range | None = option(Range.parse("60"), RANGE,

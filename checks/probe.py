@@ -81,6 +81,8 @@ def is_local(host: str) -> bool:
 @dataclass(frozen=True)
 class ProbeOptions(CheckOptions):
     """Keys shared by the smtp, imap and pop3 checks."""
+    interval: float = option(60.0, number(1, 86400), "seconds between runs under steward run "
+                             "(a TLS handshake each minute is plenty)")
 
     targets: tuple[str, ...] | None = option(
         None, TARGETS, "the service's default port on localhost when its unit runs here")

@@ -8,18 +8,19 @@ Message-ID, so mail clients fold the duplicate.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import logging
 import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.fileio import write_atomic
+
+if TYPE_CHECKING:  # the email package loads when mail is parsed, not with steward check
+    from email.message import EmailMessage
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Attempt:
     relays: Sequence[tuple[str, bool, str]]  # (relay url, accepted, detail)
 
 
-Send = Callable[[EmailMessage], Sequence[tuple[str, bool, str]]]
+Send = Callable[["EmailMessage"], Sequence[tuple[str, bool, str]]]
 
 
 class Outbox:
@@ -83,6 +84,10 @@ class Outbox:
         return out
 
     def load(self, name: str) -> EmailMessage:
+        import email
+        import email.policy
+        from email.message import EmailMessage
+
         raw = (self.path / f"{name}.eml").read_bytes()
         msg = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(msg, EmailMessage)
