@@ -9,21 +9,19 @@ import ipaddress
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config.schema import TEXT, CheckOptions, Parser, listing, number, option, table
 from agent.env import Env
 from agent.model import Check, Result, Status
-from checks.maildns.dkim import read_keytable
 from checks.maildns.lookup import Lookup, split_resolver
-from checks.maildns.records import Ctx, dnsbl_rule, mx_rule, ptr_rule
-from checks.maildns.rules import dkim_rule, dmarc_rule, spf_rule
+
+if TYPE_CHECKING:  # the rules load with the first domain to check, not with steward
+    from checks.maildns.records import Ctx
 
 DEFAULT_KEYTABLE = "/etc/opendkim/KeyTable"
 
@@ -114,6 +112,9 @@ class MailDnsCheck(Check):
         o = self.options
         import dns.exception  # loaded with the first domain to check, not with steward
 
+        from checks.maildns.records import Ctx, dnsbl_rule, mx_rule, ptr_rule
+        from checks.maildns.rules import dkim_rule, dmarc_rule, spf_rule
+
         try:
             lookup = Lookup(o.resolvers, o.query_timeout)
         except (dns.exception.DNSException, OSError) as e:
@@ -149,6 +150,9 @@ class MailDnsCheck(Check):
         return results
 
     def _parallel(self, ctx: Ctx, jobs: dict[str, Callable[[], list[Result]]]) -> list[Result]:
+        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import TimeoutError as FutureTimeout
+
         # Leave the runner a margin so slow rules become UNKNOWN here, by name, rather than
         # the whole check timing out with nothing to show.
         deadline = time.monotonic() + max(self.options.timeout * 0.9, self.options.timeout - 2)
@@ -177,6 +181,8 @@ class MailDnsCheck(Check):
 
     def dkim_keys(self, env: Env) -> tuple[dict[str, str], str]:
         """selector -> private key path for this domain, and a problem reading the table."""
+        from checks.maildns.dkim import read_keytable
+
         o = self.options
         root = env.sysroot
         keys: dict[str, str] = {}
