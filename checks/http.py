@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from agent.config.schema import (
     BOOLEAN,
     RANGE,
+    REGEX,
     TEXT,
     CheckOptions,
     Parser,
@@ -65,15 +66,6 @@ def _statuses(v: Any) -> tuple[int, ...]:
     return tuple(items)
 
 
-def _regex(v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        raise ValueError("not a non-empty string")
-    try:
-        re.compile(v)
-    except re.error as e:
-        raise ValueError(f"not a valid regular expression: {e}") from None
-    return v
-
 
 def _unit_or_none(v: Any) -> str:
     if not isinstance(v, str):
@@ -94,7 +86,7 @@ class HttpOptions(CheckOptions):
         (200,), Parser(_statuses, "an HTTP status (100-599) or a list of them"),
         "the status after redirects are followed")
     follow_redirects: bool = option(True, BOOLEAN, "judge where redirects lead")
-    match: str | None = option(None, Parser(_regex, "a regular expression"),
+    match: str | None = option(None, REGEX,
                                "the body is not searched (Python re syntax, searched in the "
                                "first MiB)")
     require_https_redirect: bool = option(

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from agent.config.schema import CheckOptions, Parser, number, option, table
+from agent.config.schema import REGEX, CheckOptions, Parser, number, option, table
 from agent.env import Env
 from agent.fileio import write_atomic
 from agent.model import Check, Metric, Result, Status
@@ -46,12 +46,10 @@ def _trap(v: Any) -> Mapping[str, Any]:
     if unknown:
         raise ValueError(f"unknown key {unknown[0]!r}")
     pattern, kind = v.get("pattern"), "file" if "file" in v else "journal"
-    if not isinstance(pattern, str) or not pattern:
-        raise ValueError("pattern must be a non-empty regular expression")
     try:
-        re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"pattern /{pattern}/ is not a valid regular expression: {e}") from None
+        REGEX.parse(pattern)
+    except ValueError as e:
+        raise ValueError(f"pattern /{pattern}/: {e}") from None
     if ("file" in v) == ("journal" in v):
         raise ValueError("needs exactly one of file or journal")
     if not isinstance(v[kind], str) or not v[kind] or (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -134,6 +135,18 @@ def listing(item: Parser) -> Parser:
 
 
 GLOBS = listing(Parser(_text, "a name or glob pattern"))
+
+
+def _regex(v: Any) -> str:
+    text = _text(v)
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise ValueError(f"not a valid regular expression: {e}") from None
+    return text
+
+
+REGEX = Parser(_regex, "a regular expression")
 
 
 def table(key: Parser, value: Parser) -> Parser:
