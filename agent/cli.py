@@ -22,6 +22,7 @@ from agent.output import FORMATS
 from agent.registry import Registry, discover
 from agent.runner import Selector, resolve, run_all
 from agent.state import StateDir, StateError
+from backup import cli as backup_cli
 
 EXIT_USAGE = 2
 log = logging.getLogger("steward")
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out checks whose name or id matches (glob; repeatable)")
 
     daemon_cli.add_parsers(sub, lambda p: _common(p, top=False))
+    backup_cli.add_parsers(sub, lambda p: _common(p, top=False))
 
     cfg = sub.add_parser("config", help="validate or show the configuration",
                          description="Validate or show the configuration.")
@@ -187,6 +189,11 @@ def cmd_notify(args: argparse.Namespace) -> int:
     return commands.cmd_flush(env.config, env.state_dir)
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    _, env = _setup(args)
+    return backup_cli.run(args, env.config.backup)
+
+
 HANDLERS = {
     "check": cmd_check,
     "config": cmd_config,
@@ -196,6 +203,7 @@ HANDLERS = {
                                                          a.units, getattr(a, "duration", "")),
     "reset": lambda a: daemon_cli.cmd_reset(StateDir(_state_dir(a)), a.unit),
     "notify": cmd_notify,
+    "backup": cmd_backup,
 }
 
 

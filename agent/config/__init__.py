@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.config.backup import BackupOptions
 from agent.config.schema import _ABSENT, CheckOptions, ConfigError, build
 from agent.config.sections import EmailOptions, RestartOptions
 
@@ -27,6 +28,7 @@ BUILTIN = "<built-in default>"
 SECTIONS: Mapping[str, tuple[str, type[Any]]] = {
     "restart": ("restart", RestartOptions),
     "notify.email": ("email", EmailOptions),
+    "backup": ("backup", BackupOptions),
 }
 TABLES = ("checks", *dict.fromkeys(p.split(".")[0] for p in SECTIONS))
 
@@ -42,6 +44,7 @@ class Config:
     unloaded: Mapping[str, Any] = field(default_factory=dict)
     restart: RestartOptions = field(default_factory=RestartOptions)
     email: EmailOptions = field(default_factory=EmailOptions)
+    backup: BackupOptions = field(default_factory=BackupOptions)
 
 
 def load(path: Path | None, plugins: Mapping[str, type[Any]],

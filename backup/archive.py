@@ -1,0 +1,213 @@
+"""tar | zstd pipelines: writing a segment (hashed as it is written, read back from the device
+before it counts) and extracting one."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import subprocess
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Every attribute restore needs: xattrs of all namespaces (security.selinux,
+# security.capability, user.*), POSIX ACLs, sparse maps, numeric owners, nanosecond times.
+TAR_ATTRS = ["--format=posix", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls",
+             "--selinux"]
+CHUNK = 1 << 20
+TAR_TIMEOUT = 6 * 3600.0  # one segment; a hung device is killed, not waited for forever
+
+
+class ArchiveError(Exception):
+    """A segment could not be written, read or extracted; the message says which and why."""
+
+
+def target_error(path: str, e: OSError) -> ArchiveError:
+    """An OSError on the target as a sentence: a full disk is never anything but a failure."""
+    what = {errno.ENOSPC: "the backup target is full",
+            errno.EDQUOT: "the backup target's quota is exhausted",
+            errno.EIO: "I/O error on the backup target",
+            errno.ENODEV: "the backup target vanished", errno.ENXIO: "the backup target vanished",
+            errno.ENOENT: "the backup target vanished", errno.EROFS:
+            "the backup target became read-only"}.get(e.errno or 0, e.strerror or str(e))
+    return ArchiveError(f"{what} ({path}: {e.strerror})")
+
+
+@dataclass
+class Written:
+    sha256: str
+    stored: int  # compressed bytes
+    warnings: list[str]
+
+
+class Pipeline:
+    """``tar -c`` of ``names`` under ``root`` | ``zstd`` -> ``path``; ``read_bytes`` tells
+    progress while it runs."""
+
+    def __init__(self, root: str, names: Sequence[bytes], path: str, level: int) -> None:
+        self.root, self.names, self.path, self.level = root, names, path, level
+        self.tar: subprocess.Popen[bytes] | None = None
+        self.cancelled = threading.Event()
+
+    def read_bytes(self) -> int:
+        """What tar has read so far (its rchar), 0 before it starts or after it ends."""
+        tar = self.tar
+        if tar is None:
+            return 0
+        try:
+            with open(f"/proc/{tar.pid}/io", "rb") as fh:
+                for line in fh:
+                    if line.startswith(b"rchar:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        tar = self.tar
+        if tar is not None:
+            with contextlib.suppress(ProcessLookupError):
+                tar.kill()
+
+    def run(self) -> Written:
+        tar_argv = ["tar", "--create", "--file=-", *TAR_ATTRS, "--sparse", "--no-recursion",
+                    "--ignore-failed-read", f"--directory={self.root}", "--null",
+                    "--verbatim-files-from", "--files-from=-"]
+        zstd_argv = ["zstd", f"-{self.level}", "-T1", "-q", "-c"]
+        env = dict(os.environ, LC_ALL="C")
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        h = hashlib.sha256()
+        stored = 0
+        with subprocess.Popen(tar_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env) as tar, \
+                subprocess.Popen(zstd_argv, stdin=tar.stdout, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, env=env) as zstd:
+            self.tar = tar
+            assert tar.stdin and tar.stdout and tar.stderr and zstd.stdout and zstd.stderr
+            tar.stdout.close()  # zstd holds it now
+            errors: list[bytes] = []
+            tar_stderr = tar.stderr
+            feeder = threading.Thread(target=_feed, args=(tar.stdin, self.names), daemon=True)
+            drain = threading.Thread(target=lambda: errors.append(tar_stderr.read()),
+                                     daemon=True)
+            feeder.start()
+            drain.start()
+            timer = threading.Timer(TAR_TIMEOUT, self.cancel)
+            timer.start()
+            try:
+                while chunk := zstd.stdout.read(CHUNK):
+                    h.update(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    stored += len(chunk)
+                os.fsync(fd)
+            except OSError as e:
+                self.cancel()
+                zstd.kill()
+                raise target_error(self.path, e) from None
+            finally:
+                timer.cancel()
+                os.close(fd)
+                feeder.join(60)
+                tar.wait(60)
+                drain.join(60)
+                zerr = zstd.stderr.read()
+                zstd.wait(60)
+                self.tar = None
+        if self.cancelled.is_set():
+            raise ArchiveError(f"{self.path}: cancelled")
+        tar_err = b"".join(errors).decode("utf-8", "replace").strip()
+        if tar.returncode not in (0, 1):
+            raise ArchiveError(f"tar failed (exit {tar.returncode}) in {self.root}: "
+                               f"{tar_err[-500:]}")
+        if zstd.returncode != 0:
+            raise ArchiveError(f"zstd failed (exit {zstd.returncode}): "
+                               f"{zerr.decode('utf-8', 'replace').strip()[-300:]}")
+        return Written(h.hexdigest(), stored, tar_err.splitlines())
+
+
+def _feed(stdin: object, names: Sequence[bytes]) -> None:
+    with contextlib.suppress(BrokenPipeError, OSError), stdin:  # type: ignore[attr-defined]
+        for i in range(0, len(names), 512):
+            stdin.write(b"".join(n + b"\0" for n in names[i:i + 512]))  # type: ignore
+
+
+def hash_file(path: str, from_device: bool = False) -> tuple[str, int]:
+    """sha256 and size of a file; ``from_device`` drops it from the page cache first so the
+    bytes come from the disk, not from memory."""
+    h = hashlib.sha256()
+    size = 0
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise target_error(path, e) from None
+    try:
+        if from_device:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        while chunk := os.read(fd, CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise target_error(path, e) from None
+    finally:
+        os.close(fd)
+    return h.hexdigest(), size
+
+
+def extract(path: str, dest: str, members: Sequence[bytes] | None) -> list[str]:
+    """Unpack segment ``path`` into ``dest`` (all of it, or just ``members``); tar's warnings."""
+    argv = ["tar", "--extract", "--file=-", *TAR_ATTRS, "--same-owner", "--same-permissions",
+            f"--directory={dest}"]
+    if members is not None:
+        argv += ["--no-recursion", "--null", "--verbatim-files-from", "--files-from", "-"]
+    return _pipe_into_tar(path, argv, members)
+
+
+def compare(path: str, live_root: str) -> list[str]:
+    """``tar --compare`` of a segment against the live tree: the lines that differ."""
+    argv = ["tar", "--compare", "--file=-", *TAR_ATTRS, f"--directory={live_root}"]
+    return _pipe_into_tar(path, argv, None, ok=(0, 1))
+
+
+def _pipe_into_tar(path: str, tar_argv: list[str], members: Sequence[bytes] | None,
+                   ok: tuple[int, ...] = (0,)) -> list[str]:
+    env = dict(os.environ, LC_ALL="C")
+    # Member names are read from a pipe of our own, so tar's stdin stays the archive.
+    with subprocess.Popen(["zstd", "-dc", "-q", path], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env) as zstd:
+        argv = list(tar_argv)
+        rfd = wfd = -1
+        if members is not None:
+            rfd, wfd = os.pipe()
+            argv[-1] = f"/dev/fd/{rfd}"
+        try:
+            tar = subprocess.Popen(argv, stdin=zstd.stdout, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, env=env,
+                                   pass_fds=(rfd,) if rfd >= 0 else ())
+        finally:
+            if rfd >= 0:
+                os.close(rfd)
+        assert zstd.stdout is not None
+        zstd.stdout.close()
+        if wfd >= 0:
+            threading.Thread(target=_feed, args=(os.fdopen(wfd, "wb"), members),
+                             daemon=True).start()
+        try:
+            out, _ = tar.communicate(timeout=TAR_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            tar.kill()
+            zstd.kill()
+            raise ArchiveError(f"{path}: tar took longer than {TAR_TIMEOUT:.0f} s") from None
+        zerr = zstd.stderr.read() if zstd.stderr else b""
+        zstd.wait(60)
+    lines = out.decode("utf-8", "replace").splitlines()
+    if zstd.returncode != 0:
+        raise ArchiveError(f"{path}: cannot be decompressed: "
+                           f"{zerr.decode('utf-8', 'replace').strip()[-300:]}")
+    if tar.returncode not in ok:
+        raise ArchiveError(f"{path}: tar exit {tar.returncode}: {' / '.join(lines[-5:])}")
+    return lines

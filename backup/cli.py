@@ -1,0 +1,184 @@
+"""``steward backup create|list|verify|restore-file``. Heavy modules load only when used."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.config.backup import BackupOptions
+from agent.errors import UsageError
+
+
+def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    b = sub.add_parser("backup", help="whole-system backup: create, list, verify, restore files",
+                       description="Back up the whole system (or one tree) into verified "
+                       "generations of zstd-compressed tar archives on a target folder, e.g. "
+                       "a USB drive's data partition.")
+    common(b)
+    bsub = b.add_subparsers(dest="backup_command", metavar="ACTION")
+    bsub.required = True
+
+    def target(p: argparse.ArgumentParser) -> None:
+        common(p)
+        p.add_argument("--target", type=Path, metavar="DIR",
+                       help="folder holding the generations (default: [backup] target)")
+
+    c = bsub.add_parser("create", help="write a new generation",
+                        description="Write a new generation: every local filesystem below the "
+                        "source, excludes applied, archives read back before the generation is "
+                        "committed; then the oldest beyond [backup] keep are deleted. Exit 0 "
+                        "when committed, 1 when the backup failed (nothing committed).")
+    target(c)
+    c.add_argument("--source", type=Path, metavar="DIR", default=Path("/"),
+                   help="back up this tree alone (default /, the whole system)")
+    c.add_argument("--jobs", type=int, metavar="N", help="archives written at once "
+                   "(default: [backup] jobs)")
+    ls = bsub.add_parser("list", help="the generations on the target",
+                         description="The committed generations, oldest first.")
+    target(ls)
+    ls.add_argument("--format", choices=("text", "json"), default="text")
+    v = bsub.add_parser("verify", help="re-read a generation and check its checksums",
+                        description="Re-read every archive of a generation (default the "
+                        "newest) and check it against SHA256SUMS and the manifest. Exit 0 "
+                        "intact, 1 damaged (what is damaged is named).")
+    target(v)
+    v.add_argument("generation", nargs="?", metavar="GEN", help="generation id (default newest)")
+    v.add_argument("--live", action="store_true",
+                   help="also compare the archives with the live files (tar --compare) and "
+                   "list what changed since")
+    r = bsub.add_parser("restore-file", help="restore files or trees from a generation",
+                        description="Restore PATHs (relative to the backed-up source; / for "
+                        "everything) with all their metadata into --to DIR.")
+    target(r)
+    r.add_argument("generation", metavar="GEN", help="generation id, or 'latest'")
+    r.add_argument("paths", nargs="+", metavar="PATH")
+    r.add_argument("--to", type=Path, metavar="DIR", required=True,
+                   help="where to put them (created if missing)")
+
+
+def _target(args: argparse.Namespace, opts: BackupOptions) -> Path:
+    target = args.target or (Path(opts.target) if opts.target else None)
+    if target is None:
+        raise UsageError("no backup target: pass --target DIR or set [backup] target")
+    if not target.is_dir():
+        raise UsageError(f"backup target {target}: not a directory")
+    return target
+
+
+def run(args: argparse.Namespace, opts: BackupOptions) -> int:
+    from backup.store import Store, StoreError
+
+    target = _target(args, opts)
+    try:
+        if args.backup_command == "create":
+            return _create(args, opts, target)
+        store = Store(target)
+        if args.backup_command == "list":
+            return _list(store, args.format)
+        if args.backup_command == "verify":
+            return _verify(store, args)
+        return _restore(store, args)
+    except StoreError as e:
+        raise UsageError(str(e)) from None
+
+
+def _create(args: argparse.Namespace, opts: BackupOptions, target: Path) -> int:
+    from backup.create import BackupError, create
+    from backup.progress import human
+
+    source = args.source
+    if not source.is_dir():
+        raise UsageError(f"--source {source}: not a directory")
+    if args.jobs is not None and not 1 <= args.jobs <= 64:
+        raise UsageError(f"--jobs {args.jobs}: accepted 1 to 64")
+    try:
+        out = create(os.path.realpath(source), target, opts, jobs=args.jobs)
+    except BackupError as e:
+        print(f"steward: backup failed, nothing committed: {e}", file=sys.stderr)
+        return 1
+    t = out.manifest["totals"]
+    segs = len(out.manifest["segments"])
+    print(f"generation {out.generation.id} committed in {target}: {t['entries']} entries, "
+          f"{human(t['bytes'])} -> {human(t['stored'])} (written {human(t['written'])}, "
+          f"{t['reused_segments']} of {segs} archives reused), "
+          f"{out.manifest['seconds']:.1f} s, read back and verified")
+    if out.manifest["warnings"]:
+        print(f"{len(out.manifest['warnings'])} warnings (see manifest.json), first: "
+              f"{out.manifest['warnings'][0]}")
+    for gen in out.dropped:
+        print(f"deleted generation {gen} ([backup] keep = {opts.keep})")
+    if out.hook_failures:
+        print("steward: the backup is committed, but " + "; ".join(out.hook_failures),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _list(store: Any, fmt: str) -> int:
+    rows = []
+    for gen in store.generations():
+        try:
+            m = gen.manifest()
+        except Exception as e:
+            rows.append({"id": gen.id, "created": None, "bytes": None, "verified": False,
+                         "error": str(e)})
+            continue
+        t = m["totals"]
+        rows.append({"id": gen.id, "created": m["created"], "bytes": t["stored"],
+                     "verified": gen.verified(m), "source": m["source"],
+                     "source_bytes": t["bytes"], "entries": t["entries"]})
+    if fmt == "json":
+        print(json.dumps({"generations": rows}, indent=1))
+        return 0
+    from backup.progress import human
+
+    if not rows:
+        print(f"no generations in {store.target}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['id']}  DAMAGED: {r['error']}")
+            continue
+        print(f"{r['id']}  {r['created']}  {human(r['bytes']):>10}  "
+              f"{'verified' if r['verified'] else 'NOT VERIFIED'}  {r['entries']} entries "
+              f"of {r['source']}")
+    return 0
+
+
+def _verify(store: Any, args: argparse.Namespace) -> int:
+    from backup.progress import human
+    from backup.restore import verify
+
+    gen = store.find(args.generation)
+    live = gen.manifest()["source"] if args.live else None
+    report = verify(gen, live)
+    for p in report.problems:
+        print(f"DAMAGED: {p}")
+    for d in report.differences[:50]:
+        print(f"changed since: {d}")
+    if len(report.differences) > 50:
+        print(f"... and {len(report.differences) - 50} more changes")
+    state = "intact" if report.ok else f"DAMAGED ({len(report.problems)} problems)"
+    print(f"generation {gen.id}: {state}; {report.checked} files, {human(report.bytes)} "
+          "re-read")
+    return 0 if report.ok else 1
+
+
+def _restore(store: Any, args: argparse.Namespace) -> int:
+    from backup.archive import ArchiveError
+    from backup.restore import restore
+
+    gen = store.find(args.generation)
+    try:
+        sel = restore(gen, args.paths, args.to)
+    except ArchiveError as e:
+        print(f"steward: restore failed: {e}", file=sys.stderr)
+        return 1
+    for t in sel.added_links:
+        print(f"also restored {t}: a requested path is a hard link to it")
+    print(f"restored {sel.entries} entries from generation {gen.id} into {args.to}")
+    return 0

@@ -1,0 +1,346 @@
+"""``steward backup create``: hooks, (snapshots,) walk, segments, write + read back, commit,
+retention. Nothing is committed unless every archive was written, fsynced and read back from
+the target with the checksum it was written with."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.config.backup import BackupOptions
+from backup import hooks, index, layout
+from backup.archive import ArchiveError, Pipeline, Written, hash_file, target_error
+from backup.mounts import Filesystem, read_mounts, source_layout
+from backup.plan import Segment, cut
+from backup.progress import Progress, human
+from backup.store import Generation, Store, StoreError
+from backup.walk import Excludes, Walked, walk
+
+MARGIN = 16 << 20  # free space kept beyond the estimate
+
+
+class BackupError(Exception):
+    """The backup failed; nothing was committed. The message says why."""
+
+
+@dataclass
+class Plan:
+    filesystems: list[Filesystem]
+    walked: list[Walked]
+    segments: list[Segment]
+    reused: dict[int, tuple[Generation, dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def entries(self) -> int:
+        return sum(len(s.members) for s in self.segments)
+
+    def new(self) -> list[int]:
+        return [i for i in range(len(self.segments)) if i not in self.reused]
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _skip_inodes(target: Path) -> frozenset[tuple[int, int]]:
+    """The target and active swap files are never archived."""
+    skip = set()
+    st = os.stat(target)
+    skip.add((st.st_dev, st.st_ino))
+    try:
+        with open("/proc/swaps", encoding="utf-8") as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                if len(fields) > 1 and fields[1] == "file":
+                    sw = os.stat(fields[0])
+                    skip.add((sw.st_dev, sw.st_ino))
+    except OSError:
+        pass
+    return frozenset(skip)
+
+
+def make_plan(source: str, target: Path, opts: BackupOptions,
+              filesystems: Sequence[Filesystem] | None = None) -> Plan:
+    mounts = source_layout(source, read_mounts())
+    fss = list(filesystems if filesystems is not None else mounts.filesystems)
+    if not fss:
+        raise BackupError(f"{source} is not on a local filesystem (nothing to back up)")
+    excludes = Excludes(opts.exclude)
+    skip = _skip_inodes(target)
+    walked, segments = [], []
+    for i, fs in enumerate(fss):
+        if fs.prefix and excludes(b"/" + os.fsencode(fs.prefix)):
+            walked.append(Walked([], []))
+            continue
+        w = walk(fs, mounts, excludes, skip)
+        walked.append(w)
+        segments.extend(cut(i, w))
+    return Plan(fss, walked, segments)
+
+
+def _reuse(plan: Plan, store: Store) -> None:
+    """Segments of earlier generations with the same key are hard-linked, not rewritten."""
+    known: dict[str, tuple[Generation, dict[str, Any]]] = {}
+    for gen in store.generations():
+        try:
+            manifest = gen.manifest()
+        except StoreError:
+            continue
+        if not gen.verified(manifest):
+            continue
+        for seg in manifest.get("segments", []):
+            known[seg["key"]] = (gen, seg)
+    for i, seg in enumerate(plan.segments):
+        hit = known.get(seg.key())
+        if hit is not None:
+            plan.reused[i] = hit
+
+
+class Writer:
+    """Writes the planned segments into ``partial``, ``jobs`` at a time."""
+
+    def __init__(self, plan: Plan, partial: Path, level: int, jobs: int) -> None:
+        self.plan, self.partial, self.level, self.jobs = plan, partial, level, jobs
+        self.done_bytes = self.done_files = 0
+        self.running: dict[int, Pipeline] = {}
+        self.results: dict[int, dict[str, Any]] = {}
+        self.warnings: list[str] = []
+        self._lock = threading.Lock()
+
+    def sample(self) -> tuple[int, int]:
+        with self._lock:
+            done_b, done_f = self.done_bytes, self.done_files
+            for i, p in list(self.running.items()):
+                seg = self.plan.segments[i]
+                part = min(p.read_bytes(), seg.size)
+                done_b += part
+                done_f += len(seg.members) * part // seg.size if seg.size else 0
+        return done_b, done_f
+
+    def _one(self, i: int) -> None:
+        seg = self.plan.segments[i]
+        fs = self.plan.filesystems[seg.fs]
+        name = f"{i:04d}"
+        path = str(self.partial / "segments" / f"{name}.tar.zst")
+        pipe = Pipeline(fs.read_root, [e.name for e in seg.members], path, self.level)
+        with self._lock:
+            self.running[i] = pipe
+        try:
+            written = pipe.run()
+            self._read_back(path, written)
+            try:
+                index.write(str(self.partial / "segments" / f"{name}.idx.gz"),
+                            os.fsencode(fs.prefix), seg, os.fsencode(fs.read_root))
+            except OSError as e:
+                raise target_error(path, e) from None
+        finally:
+            with self._lock:
+                self.running.pop(i, None)
+        with self._lock:
+            self.done_bytes += seg.size
+            self.done_files += len(seg.members)
+            self.warnings.extend(f"{fs.prefix or '/'}: {w}" for w in written.warnings)
+            self.results[i] = {"sha256": written.sha256, "stored": written.stored,
+                               "reused": None}
+
+    @staticmethod
+    def _read_back(path: str, written: Written) -> None:
+        digest, size = hash_file(path, from_device=True)
+        if (digest, size) != (written.sha256, written.stored):
+            raise ArchiveError(f"{path}: read back {size} bytes with sha256 {digest[:16]}…, "
+                               f"wrote {written.stored} with {written.sha256[:16]}…: the target "
+                               "does not keep what is written to it")
+
+    def _link(self, i: int) -> None:
+        gen, old = self.plan.reused[i]
+        new = self.partial / "segments"
+        for ext in (".tar.zst", ".idx.gz"):
+            src = gen.path / "segments" / f"{old['name']}{ext}"
+            try:
+                os.link(src, new / f"{i:04d}{ext}")
+            except OSError as e:
+                raise target_error(str(src), e) from None
+        seg = self.plan.segments[i]
+        self.done_bytes += seg.size
+        self.done_files += len(seg.members)
+        self.results[i] = {"sha256": old["sha256"], "stored": old["stored"], "reused": gen.id}
+
+    def run(self) -> None:
+        (self.partial / "segments").mkdir()
+        for i in self.plan.reused:
+            self._link(i)
+        todo = self.plan.new()
+        # Biggest first: the last one running alone should be a small one.
+        todo.sort(key=lambda i: -self.plan.segments[i].size)
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="segment") as pool:
+            futures = [pool.submit(self._one, i) for i in todo]
+            finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in finished if f.exception() is not None]
+            if failed:
+                for f in pending:
+                    f.cancel()
+                with self._lock:
+                    for p in self.running.values():
+                        p.cancel()
+                wait(pending)
+                raise failed[0].exception()  # type: ignore[misc]
+
+
+def _needed(plan: Plan, store: Store) -> int:
+    """Bytes the new segments will take: raw bytes times the last generation's ratio."""
+    ratio = 1.0
+    gens = store.generations()
+    if gens:
+        try:
+            totals = gens[-1].manifest().get("totals", {})
+            if totals.get("bytes"):
+                ratio = min(1.0, max(0.05, totals["stored"] / totals["bytes"]))
+        except StoreError:
+            pass
+    raw = sum(plan.segments[i].size + 1024 * len(plan.segments[i].members)
+              for i in plan.new())
+    return int(raw * ratio) + MARGIN
+
+
+@dataclass(frozen=True)
+class Outcome:
+    generation: Generation
+    manifest: dict[str, Any]
+    removed_partial: list[str]
+    dropped: list[str]
+    hook_failures: list[str]
+
+
+def create(source: str, target: Path, opts: BackupOptions, *, stream: TextIO = sys.stderr,
+           say: Callable[[str], None] = print, jobs: int | None = None) -> Outcome:
+    store = Store(target)
+    try:
+        with store.locked():
+            removed = store.clean_partial()
+            for name in removed:
+                say(f"removed {name}, left by an interrupted backup")
+            hook = hooks.Hooks(opts, say)
+            try:
+                hook.pre()
+                outcome = _create_locked(source, store, opts, stream=stream, jobs=jobs,
+                                         removed=removed)
+            finally:
+                failures = hook.post()
+                for text in failures:
+                    say(text)
+            return dataclasses.replace(outcome, hook_failures=failures)
+    except (StoreError, ArchiveError, hooks.HookError) as e:
+        raise BackupError(str(e)) from None
+    except OSError as e:
+        raise BackupError(str(target_error(str(target), e))) from None
+
+
+def _create_locked(source: str, store: Store, opts: BackupOptions, *, stream: TextIO,
+                   jobs: int | None, removed: list[str]) -> Outcome:
+    t0 = time.time()
+    captured: dict[str, Any] = {}
+    capture = threading.Thread(target=lambda: captured.update(layout.capture()), daemon=True)
+    capture.start()  # its commands run while the tree is walked
+    plan = make_plan(source, store.target, opts)
+    _reuse(plan, store)
+    need = _needed(plan, store)
+    vfs = os.statvfs(store.target)
+    free = vfs.f_bavail * vfs.f_frsize
+    if free < need:
+        raise BackupError(f"backup target {store.target} has {human(free)} free; this backup "
+                          f"needs about {human(need)}: free space there or lower [backup] keep")
+    gen_id = store.new_id(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t0)))
+    partial = store.target / f".partial-{gen_id}"
+    partial.mkdir(mode=0o700)
+    total = sum(s.size for s in plan.segments)
+    workers = jobs or opts.jobs or os.cpu_count() or 1
+    writer = Writer(plan, partial, opts.compression_level, workers)
+    try:
+        with Progress("backup", total, plan.entries, writer.sample, stream):
+            writer.run()
+        capture.join()
+        manifest = _manifest(gen_id, source, opts, plan, writer=writer, t0=t0)
+        _write_json(partial / "layout.json", captured)
+        _write_json(partial / "manifest.json", manifest)
+        _write_sums(partial, plan, writer)
+        gen = store.commit(partial, gen_id)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # else the next run removes it
+        raise
+    dropped = store.retain(opts.keep)
+    return Outcome(gen, manifest, removed, dropped, [])
+
+
+def _manifest(gen_id: str, source: str, opts: BackupOptions, plan: Plan, *, writer: Writer,
+              t0: float) -> dict[str, Any]:
+    segs = []
+    for i, seg in enumerate(plan.segments):
+        r = writer.results[i]
+        segs.append({"name": f"{i:04d}", "fs": seg.fs, "kind": seg.kind, "key": seg.key(),
+                     "entries": len(seg.members), "bytes": seg.size, **r})
+    stored = sum(s["stored"] for s in segs)
+    now = time.time()
+    return {
+        "format": 1, "id": gen_id, "created": _utc(t0), "finished": _utc(now),
+        "seconds": round(now - t0, 3), "host": socket.gethostname(), "source": source,
+        "exclude": list(opts.exclude), "compression": {"tool": "zstd",
+                                                       "level": opts.compression_level},
+        "filesystems": [{"prefix": fs.prefix, "mountpoint": fs.mount.target,
+                         "device": fs.mount.source, "fstype": fs.mount.fstype,
+                         "read_from": fs.read_root} for fs in plan.filesystems],
+        "segments": segs,
+        "totals": {"entries": plan.entries,
+                   "files": sum(len(w.files) for w in plan.walked),
+                   "dirs": sum(len(w.dirs) for w in plan.walked),
+                   "excluded": sum(w.excluded for w in plan.walked),
+                   "sockets_skipped": sum(w.skipped_sockets for w in plan.walked),
+                   "bytes": sum(s["bytes"] for s in segs), "stored": stored,
+                   "written": sum(s["stored"] for s in segs if not s["reused"]),
+                   "reused_segments": len(plan.reused)},
+        "warnings": writer.warnings[:200],
+        "verified": {"at": _utc(now), "how": "new archives fsynced, read back from the target "
+                     "and matched their sha256; reused ones are hard links to verified ones"},
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "x", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_sums(partial: Path, plan: Plan, writer: Writer) -> None:
+    """SHA256SUMS in ``sha256sum -c`` format, over everything in the generation."""
+    lines = []
+    for i in range(len(plan.segments)):
+        lines.append(f"{writer.results[i]['sha256']}  segments/{i:04d}.tar.zst")
+    for i in range(len(plan.segments)):
+        lines.append(f"{hash_file(str(partial / 'segments' / f'{i:04d}.idx.gz'))[0]}  "
+                     f"segments/{i:04d}.idx.gz")
+    for name in ("layout.json", "manifest.json"):
+        lines.append(f"{hash_file(str(partial / name))[0]}  {name}")
+    with open(partial / "SHA256SUMS", "x", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def iter_index(gen: Generation, manifest: dict[str, Any]) -> Iterator[tuple[dict[str, Any],
+                                                                           index.Record]]:
+    for seg in manifest["segments"]:
+        for rec in index.read(str(gen.path / "segments" / f"{seg['name']}.idx.gz")):
+            yield seg, rec
+

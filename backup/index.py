@@ -1,0 +1,83 @@
+"""The file index of a segment: one JSON line per archived name, for single-file restore and
+for comparing with the live system. Names are "/"-rooted paths from the source root; names
+that are not UTF-8 are kept exactly (surrogate escapes, as os.fsdecode gives them)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from backup.plan import Segment
+from backup.walk import Entry
+
+_TYPES = ((stat.S_ISREG, "f"), (stat.S_ISDIR, "d"), (stat.S_ISLNK, "l"), (stat.S_ISCHR, "c"),
+          (stat.S_ISBLK, "b"), (stat.S_ISFIFO, "p"))
+
+
+def logical(prefix: bytes, name: bytes) -> str:
+    """The "/"-rooted path from the source root of ``name`` on the filesystem at ``prefix``."""
+    if name == b".":
+        return "/" + os.fsdecode(prefix)
+    return "/" + os.fsdecode(prefix + b"/" + name if prefix else name)
+
+
+def member(prefix: str, path: str) -> bytes:
+    """The tar member name of ``path`` (from ``logical``) in a segment of ``prefix``."""
+    rel = path[1 + len(prefix):].lstrip("/") if prefix else path[1:]
+    return os.fsencode(rel) if rel else b"."
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str
+    type: str  # f d l c b p, or h: a further name of the inode at ``target``
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    target: str  # symlink target or, for h, the first name
+
+
+def _type(mode: int) -> str:
+    for test, letter in _TYPES:
+        if test(mode):
+            return letter
+    return "?"
+
+
+def write(path: str, prefix: bytes, seg: Segment, root: bytes) -> None:
+    lines = []
+    for i, e in enumerate(seg.members):
+        s: os.stat_result = e.st
+        kind, target = _type(s.st_mode), ""
+        if i in seg.link_to:
+            kind, target = "h", logical(prefix, seg.link_to[i])
+        elif kind == "l":
+            target = os.fsdecode(_readlink(root, e))
+        lines.append(json.dumps([logical(prefix, e.name), kind, s.st_mode, s.st_uid, s.st_gid,
+                                 s.st_size, s.st_mtime_ns, target]))
+    with open(path, "xb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
+            gz.write(("\n".join(lines) + "\n").encode("utf-8", "surrogatepass"))
+        raw.flush()
+        os.fsync(raw.fileno())
+
+
+def _readlink(root: bytes, e: Entry) -> bytes:
+    try:
+        return os.readlink(os.path.join(root, e.name) if e.name != b"." else root)
+    except OSError:
+        return b""
+
+
+def read(path: str) -> Iterator[Record]:
+    with gzip.open(path, "rb") as fh:
+        for line in fh:
+            if line.strip():
+                v = json.loads(line.decode("utf-8", "surrogatepass"))
+                yield Record(*v)

@@ -1,0 +1,106 @@
+"""Cutting a walked filesystem into segments: independent tar.zst archives of ~48 MB.
+
+A segment is reused by the next generation when nothing in it changed, so an unchanged
+re-backup writes almost nothing while each generation still holds all of its archives (hard
+links). Cut points depend on the paths, not on positions (content-defined chunking at file
+granularity): a file added or changed alters its own segment only. Every name of a hard-linked
+inode goes into the segment of its first name, so tar stores one inode with several names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+from backup.walk import Entry, Walked
+
+TARGET = 48 << 20  # expected raw bytes of a segment
+MINIMUM, MAXIMUM = 8 << 20, 192 << 20
+LARGE = 32 << 20  # a file at least this big is a segment of its own
+OVERHEAD = 1024  # bytes counted per entry besides its data: headers, xattrs
+FORMAT = b"steward-segment-1"  # part of every key: a change of tar options renews segments
+
+
+@dataclass
+class Segment:
+    fs: int  # index into the filesystems of the source
+    kind: str  # "data" or "dirs"
+    members: list[Entry] = field(default_factory=list)
+    size: int = 0  # raw bytes (data of sparse files: allocated only)
+    weight: int = 0  # bytes plus OVERHEAD per entry: what the cut points go by
+    link_to: dict[int, bytes] = field(default_factory=dict)  # member index -> its first name
+
+    def key(self) -> str:
+        """What a segment's archive depends on: names and the stat fields that change when a
+        file's content or metadata does (ctime moves on every chmod, chown, xattr or write)."""
+        h = hashlib.blake2b(FORMAT + self.kind.encode(), digest_size=20)
+        for e in self.members:
+            s = e.st
+            h.update(e.name + b"\0" + struct.pack(
+                "<IIIQqqQQQ", s.st_mode, s.st_uid, s.st_gid, s.st_size, s.st_mtime_ns,
+                s.st_ctime_ns, s.st_ino, s.st_nlink, s.st_rdev))
+        return h.hexdigest()
+
+
+def data_bytes(st: os.stat_result) -> int:
+    if not stat.S_ISREG(st.st_mode):
+        return 0
+    return min(st.st_size, st.st_blocks * 512)
+
+
+class _Cutter:
+    def __init__(self, fs: int, kind: str, out: list[Segment]) -> None:
+        self.fs, self.kind, self.out = fs, kind, out
+        self.cur: Segment | None = None
+
+    def close(self) -> None:
+        if self.cur is not None and self.cur.members:
+            self.out.append(self.cur)
+        self.cur = None
+
+    def add(self, e: Entry, size: int) -> Segment:
+        if size >= LARGE:
+            self.close()
+            seg = Segment(self.fs, self.kind, [e], size, weight=size + OVERHEAD)
+            self.out.append(seg)
+            return seg
+        if self.cur is None:
+            self.cur = Segment(self.fs, self.kind)
+        seg = self.cur
+        seg.members.append(e)
+        seg.size += size
+        weight = size + OVERHEAD
+        seg.weight += weight
+        # Cut after this entry with probability weight/TARGET, drawn from its name's hash.
+        if seg.weight >= MAXIMUM or (
+                seg.weight >= MINIMUM
+                and zlib.crc32(e.name) < weight * (1 << 32) // TARGET):
+            self.close()
+        return seg
+
+
+def cut(fs: int, walked: Walked) -> list[Segment]:
+    out: list[Segment] = []
+    files = _Cutter(fs, "data", out)
+    first: dict[int, tuple[Segment, bytes]] = {}  # inode -> segment and its first name
+    for e in walked.files:
+        if e.st.st_nlink > 1 and not stat.S_ISDIR(e.st.st_mode):
+            known = first.get(e.st.st_ino)
+            if known is not None:
+                seg, name = known
+                seg.link_to[len(seg.members)] = name
+                seg.members.append(e)
+                continue
+            first[e.st.st_ino] = (files.add(e, data_bytes(e.st)), e.name)
+        else:
+            files.add(e, data_bytes(e.st))
+    files.close()
+    dirs = _Cutter(fs, "dirs", out)
+    for e in walked.dirs:
+        dirs.add(e, 0)
+    dirs.close()
+    return out
