@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
+import mmap
 import os
 import subprocess
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # Every attribute restore needs: xattrs of all namespaces (security.selinux,
 # security.capability, user.*), POSIX ACLs, sparse maps, numeric owners, nanosecond times.
 TAR_ATTRS = ["--format=posix", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls",
              "--selinux"]
 CHUNK = 1 << 20
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ from Python 3.10 on
 TAR_TIMEOUT = 6 * 3600.0  # one segment; a hung device is killed, not waited for forever
 
 
@@ -46,8 +50,10 @@ class Pipeline:
     """``tar -c`` of ``names`` under ``root`` | ``zstd`` -> ``path``; ``read_bytes`` tells
     progress while it runs."""
 
-    def __init__(self, root: str, names: Sequence[bytes], path: str, level: int) -> None:
+    def __init__(self, root: str, names: Sequence[bytes], path: str, level: int,
+                 threads: int = 0) -> None:
         self.root, self.names, self.path, self.level = root, names, path, level
+        self.threads = threads  # zstd's; 0: one per CPU
         self.tar: subprocess.Popen[bytes] | None = None
         self.cancelled = threading.Event()
 
@@ -76,17 +82,18 @@ class Pipeline:
         tar_argv = ["tar", "--create", "--file=-", *TAR_ATTRS, "--sparse", "--no-recursion",
                     "--ignore-failed-read", f"--directory={self.root}", "--null",
                     "--verbatim-files-from", "--files-from=-"]
-        zstd_argv = ["zstd", f"-{self.level}", "-T1", "-q", "-c"]
+        zstd_argv = ["zstd", f"-{self.level}", f"-T{self.threads}", "-q", "-c"]
         env = dict(os.environ, LC_ALL="C")
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         h = hashlib.sha256()
-        stored = 0
         with subprocess.Popen(tar_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=env) as tar, \
                 subprocess.Popen(zstd_argv, stdin=tar.stdout, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, env=env) as zstd:
             self.tar = tar
             assert tar.stdin and tar.stdout and tar.stderr and zstd.stdout and zstd.stderr
+            _big_pipe(tar.stdout.fileno())
+            _big_pipe(zstd.stdout.fileno())
             tar.stdout.close()  # zstd holds it now
             errors: list[bytes] = []
             tar_stderr = tar.stderr
@@ -98,12 +105,7 @@ class Pipeline:
             timer = threading.Timer(TAR_TIMEOUT, self.cancel)
             timer.start()
             try:
-                while chunk := zstd.stdout.read(CHUNK):
-                    h.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    stored += len(chunk)
+                stored = _copy(zstd.stdout.fileno(), fd, h)
                 os.fsync(fd)
             except OSError as e:
                 self.cancel()
@@ -130,31 +132,59 @@ class Pipeline:
         return Written(h.hexdigest(), stored, tar_err.splitlines())
 
 
+def _copy(src: int, dst: int, h: Any) -> int:
+    """Pipe ``src`` into file ``dst``, hashing on the way; the bytes copied."""
+    buf = bytearray(CHUNK)
+    whole = memoryview(buf)
+    copied = 0
+    while n := os.readv(src, [buf]):
+        view = whole[:n]
+        h.update(view)
+        while view:
+            view = view[os.write(dst, view):]
+        copied += n
+    return copied
+
+
 def _feed(stdin: object, names: Sequence[bytes]) -> None:
     with contextlib.suppress(BrokenPipeError, OSError), stdin:  # type: ignore[attr-defined]
         for i in range(0, len(names), 512):
             stdin.write(b"".join(n + b"\0" for n in names[i:i + 512]))  # type: ignore
 
 
+def _big_pipe(fd: int) -> None:
+    """Fewer, larger reads and writes through a pipe (best effort)."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, F_SETPIPE_SZ, CHUNK)
+
+
 def hash_file(path: str, from_device: bool = False) -> tuple[str, int]:
-    """sha256 and size of a file; ``from_device`` drops it from the page cache first so the
-    bytes come from the disk, not from memory."""
+    """sha256 and size of a file; ``from_device`` reads past the page cache (O_DIRECT, or
+    after dropping the file's cached pages) so the bytes come from the disk, not memory."""
     h = hashlib.sha256()
     size = 0
+    flags = os.O_RDONLY | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fd = os.open(path, flags | (os.O_DIRECT if from_device else 0))
+        except OSError:  # a filesystem without O_DIRECT
+            fd = os.open(path, flags)
+            if from_device:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     except OSError as e:
         raise target_error(path, e) from None
+    buf = mmap.mmap(-1, 4 * CHUNK)  # page-aligned, as O_DIRECT needs
+    whole = memoryview(buf)
     try:
-        if from_device:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        while chunk := os.read(fd, CHUNK):
-            h.update(chunk)
-            size += len(chunk)
+        while n := os.readv(fd, [buf]):
+            h.update(whole[:n])
+            size += n
     except OSError as e:
         raise target_error(path, e) from None
     finally:
         os.close(fd)
+        whole.release()
+        buf.close()
     return h.hexdigest(), size
 
 

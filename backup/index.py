@@ -1,6 +1,7 @@
-"""The file index of a segment: one JSON line per archived name, for single-file restore and
-for comparing with the live system. Names are "/"-rooted paths from the source root; names
-that are not UTF-8 are kept exactly (surrogate escapes, as os.fsdecode gives them)."""
+"""The file index of a segment: a JSON array with a row per archived name, for single-file
+restore and for comparing with the live system. Names are "/"-rooted paths from the source
+root; names that are not UTF-8 are kept exactly (surrogate escapes, as os.fsdecode gives
+them)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def _type(mode: int) -> str:
 
 
 def write(path: str, prefix: bytes, seg: Segment, root: bytes) -> None:
-    lines = []
+    rows = []
     for i, e in enumerate(seg.members):
         s: os.stat_result = e.st
         kind, target = _type(s.st_mode), ""
@@ -59,11 +60,11 @@ def write(path: str, prefix: bytes, seg: Segment, root: bytes) -> None:
             kind, target = "h", logical(prefix, seg.link_to[i])
         elif kind == "l":
             target = os.fsdecode(_readlink(root, e))
-        lines.append(json.dumps([logical(prefix, e.name), kind, s.st_mode, s.st_uid, s.st_gid,
-                                 s.st_size, s.st_mtime_ns, target]))
+        rows.append([logical(prefix, e.name), kind, s.st_mode, s.st_uid, s.st_gid, s.st_size,
+                     s.st_mtime_ns, target])
     with open(path, "xb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
-            gz.write(("\n".join(lines) + "\n").encode("utf-8", "surrogatepass"))
+            gz.write(json.dumps(rows).encode("ascii"))  # json's C encoder, in one call
         raw.flush()
         os.fsync(raw.fileno())
 
@@ -77,7 +78,6 @@ def _readlink(root: bytes, e: Entry) -> bytes:
 
 def read(path: str) -> Iterator[Record]:
     with gzip.open(path, "rb") as fh:
-        for line in fh:
-            if line.strip():
-                v = json.loads(line.decode("utf-8", "surrogatepass"))
-                yield Record(*v)
+        rows = json.loads(fh.read())
+    for v in rows:
+        yield Record(*v)
