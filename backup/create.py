@@ -5,6 +5,7 @@ the target with the checksum it was written with."""
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -81,7 +82,11 @@ def make_plan(mounts: SourceLayout, target: Path, opts: BackupOptions,
               filesystems: Sequence[Filesystem]) -> Plan:
     """Walk ``filesystems`` (those of ``mounts``, read from a snapshot where one was taken)."""
     fss = list(filesystems)
-    excludes = Excludes(opts.exclude)
+    patterns = list(opts.exclude)
+    inside = os.path.relpath(os.path.realpath(target), mounts.source)
+    if not inside.startswith(".."):  # also when read from a snapshot, where inodes differ
+        patterns.append(glob.escape("/" + inside))
+    excludes = Excludes(patterns)
     skip = _skip_inodes(target)
     walked, segments = [], []
     for i, fs in enumerate(fss):

@@ -71,6 +71,7 @@ class Filesystem:
 
 @dataclass(frozen=True)
 class SourceLayout:
+    source: str
     filesystems: tuple[Filesystem, ...]
     # Mount points below the source (relative) whose content is not read here: the ones of
     # other filesystems in ``filesystems`` and the excluded ones, with the reason.
@@ -116,4 +117,4 @@ def source_layout(source: str, mounts: list[Mount]) -> SourceLayout:
             seen_devices.add(m.source)
             filesystems.append(Filesystem(rel, os.path.join(source, rel), m))
             boundaries[rel] = "filesystem"
-    return SourceLayout(tuple(filesystems), boundaries)
+    return SourceLayout(source, tuple(filesystems), boundaries)

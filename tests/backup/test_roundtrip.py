@@ -135,3 +135,22 @@ def test_restore_file_brings_back_one_file_with_its_metadata(tmp_path: Path,
                "--target", str(target))
     assert r.returncode == 2 and "not in generation" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "none").exists()
+
+
+def test_verify_live_lists_what_changed_since(tmp_path: Path, target: Path) -> None:
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    for n in range(5):
+        (src / "etc" / f"conf{n}").write_text(f"setting = {n}\n")
+    assert backup("create", "--source", str(src), "--target", str(target)).returncode == 0
+    r = backup("verify", "--live", "--target", str(target))
+    assert r.returncode == 0 and "changed since" not in r.stdout, r.stdout
+    (src / "etc" / "conf3").write_text("setting = changed\n")
+    (src / "etc" / "conf4").unlink()
+    r = backup("verify", "--live", "--target", str(target))
+    assert r.returncode == 0, r.stdout  # the archives are intact; the system moved on
+    assert "intact" in r.stdout
+    changed = [line for line in r.stdout.splitlines() if line.startswith("changed since")]
+    assert any("/etc/conf3" in line for line in changed), r.stdout
+    assert any("/etc/conf4" in line for line in changed), r.stdout
+    assert not any("conf1" in line for line in changed)
