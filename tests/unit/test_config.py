@@ -20,7 +20,7 @@ REGISTRY = discover()
 
 # (file text, what stderr must say) — the documented error for each kind of mistake.
 BAD = [
-    ("[chekcs.disk]\n", r"chekcs: unknown table \(accepted: checks, restart, notify\)"),
+    ("[chekcs.disk]\n", r"chekcs: unknown table \(accepted: checks, restart, notify, backup\)"),
     ("[checks.dsk]\nwarn = '80'\n",
      r"checks\.dsk: unknown check \(accepted: disk, .*load, .*memory, "),
     ("[checks.disk]\nwran = '80'\n",
