@@ -23,9 +23,13 @@ def write_atomic(path: Path, text: str, mode: int = 0o644, durable: bool = True)
     except BaseException:
         os.unlink(tmp)
         raise
-    if not durable:
-        return
-    dfd = os.open(path.parent, os.O_RDONLY)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename, a new file) durable."""
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.fileio import write_atomic
+from agent.fileio import fsync_dir, write_atomic
 
 GEN_ID = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 
@@ -128,7 +128,7 @@ class Store:
         final = self.target / gen_id
         _fsync_tree(partial)
         os.rename(partial, final)
-        _fsync_dir(self.target)
+        fsync_dir(self.target)
         return Generation(final)
 
     def retain(self, keep: int) -> list[str]:
@@ -145,7 +145,7 @@ class Store:
             shutil.rmtree(doomed)
             dropped.append(g.id)
         if dropped:
-            _fsync_dir(self.target)
+            fsync_dir(self.target)
         return dropped
 
 
@@ -156,15 +156,7 @@ def _safe_verified(g: Generation) -> bool:
         return False
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     """Files are fsynced as they are written; their folders are made durable here."""
     for dirpath, _, _ in os.walk(path):
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))

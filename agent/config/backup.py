@@ -6,15 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config.schema import BOOLEAN, GLOBS, Parser, listing, number, option
+from agent.config.sections import PATH
 
 DEFAULT_EXCLUDES = ("/proc/*", "/sys/*", "/dev/*", "/run/*", "/tmp/*",  # noqa: S108 - patterns
                     "/var/cache/dnf/*")
-
-
-def _path(v: Any) -> str:
-    if not isinstance(v, str) or not v.startswith("/"):
-        raise ValueError("not an absolute path")
-    return v
 
 
 def _argv(v: Any) -> tuple[str, ...]:
@@ -32,7 +27,7 @@ COMMANDS = listing(Parser(_argv, '["/absolute/program", "arg", ...]'))
 class BackupOptions:
     """``[backup]``: the whole-system backup (``steward backup``)."""
 
-    target: str | None = option(None, Parser(_path, "an absolute path"),
+    target: str | None = option(None, PATH,
                                 "folder holding the generations, e.g. the USB drive's data "
                                 "partition (--target overrides)")
     keep: int = option(7, number(1, 1000, integer=True), "verified generations kept; older "
