@@ -27,6 +27,7 @@ QUEUES = ("active", "deferred", "hold", "incoming")
 # maildrop (submitted, not yet picked up) is counted with incoming: both are mail not yet
 # in the queue manager's hands.
 _ALIASES = {"maildrop": "incoming"}
+_SUSPENDED = "delivery temporarily suspended:"
 REMEDY = ("see what waits and why: postqueue -p (or mailq); fix the cause (relay, DNS, "
           "the receiving side), then postqueue -f to retry at once")
 
@@ -78,8 +79,17 @@ def parse_postqueue(text: str) -> QueueSummary:
         for r in recipients:
             reason = r.get("delay_reason") if isinstance(r, dict) else None
             if isinstance(reason, str) and reason.strip():
-                out.reasons[" ".join(reason.split())] += 1
+                out.reasons[_cause(reason)] += 1
     return out
+
+
+def _cause(reason: str) -> str:
+    """One cause, one tally: after a failed attempt Postfix throttles the destination and
+    defers the rest with "delivery temporarily suspended: <the same cause>"."""
+    reason = " ".join(reason.split())
+    while reason.lower().startswith(_SUSPENDED) and len(reason) > len(_SUSPENDED):
+        reason = reason[len(_SUSPENDED):].lstrip()
+    return reason
 
 
 def _entry(entry: Any) -> tuple[str, float | None, list[Any]]:

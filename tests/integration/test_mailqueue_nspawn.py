@@ -20,8 +20,9 @@ from checks.services import ServiceOptions
 
 REFUSED = "connect to 127.0.0.1[127.0.0.1]:2526: Connection refused"
 ARRIVAL = 1795410599
-# postqueue -j of Postfix 3.7.11: three deferred messages (one with two recipients), one
-# put on hold (postsuper -h), and one caught in the active queue before its first attempt.
+# postqueue -j of Postfix 3.7.11: three deferred messages (one with two recipients, one deferred
+# while Postfix had the destination suspended), one put on hold (postsuper -h), and one caught
+# in the active queue before its first attempt.
 SAMPLE = "".join(json.dumps(e) + "\n" for e in [
     {"queue_name": "active", "queue_id": "1D8D32101EB", "arrival_time": ARRIVAL + 30,
      "message_size": 255, "forced_expire": False, "sender": "root@steward-test.localdomain",
@@ -31,7 +32,8 @@ SAMPLE = "".join(json.dumps(e) + "\n" for e in [
      "recipients": [{"address": "someone@unreachable.invalid", "delay_reason": REFUSED}]},
     {"queue_name": "deferred", "queue_id": "874CB211F78", "arrival_time": ARRIVAL + 10,
      "message_size": 259, "forced_expire": False, "sender": "root@steward-test.localdomain",
-     "recipients": [{"address": "someone@unreachable.invalid", "delay_reason": REFUSED}]},
+     "recipients": [{"address": "someone@unreachable.invalid",
+                     "delay_reason": "delivery temporarily suspended: " + REFUSED}]},
     {"queue_name": "deferred", "queue_id": "92D0A21001C", "arrival_time": ARRIVAL + 20,
      "message_size": 255, "forced_expire": False, "sender": "root@steward-test.localdomain",
      "recipients": [{"address": "a@b.invalid", "delay_reason": "Host or domain name not "
@@ -58,6 +60,15 @@ def test_real_postqueue_output_is_tallied_per_queue_with_the_oldest_deferred():
     assert q.oldest_deferred == ARRIVAL  # the held message is older, but not deferred
     assert q.reasons.most_common(1) == [(REFUSED, 3)]
     assert q.skipped == []
+
+
+def test_a_suspended_destination_counts_under_the_cause_that_suspended_it():
+    q = parse_postqueue(SAMPLE)
+    assert not any("suspended" in r for r in q.reasons)
+    odd = json.dumps({"queue_name": "deferred", "recipients": [
+        {"delay_reason": "delivery temporarily suspended:"},
+        {"delay_reason": "Delivery  temporarily suspended: delivery temporarily suspended: x"}]})
+    assert parse_postqueue(odd).reasons == {"delivery temporarily suspended:": 1, "x": 1}
 
 
 def test_small_young_backlog_is_ok_and_says_why_mail_waits():
