@@ -11,9 +11,9 @@ import mmap
 import os
 import subprocess
 import threading
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 # Every attribute restore needs: xattrs of all namespaces (security.selinux,
 # security.capability, user.*), POSIX ACLs, sparse maps, numeric owners, nanosecond times.
@@ -41,7 +41,7 @@ def target_error(path: str, e: OSError) -> ArchiveError:
 
 @dataclass
 class Written:
-    sha256: str
+    crc32: int  # of the bytes written, to compare with what the device gives back
     stored: int  # compressed bytes
     warnings: list[str]
 
@@ -85,7 +85,6 @@ class Pipeline:
         zstd_argv = ["zstd", f"-{self.level}", f"-T{self.threads}", "-q", "-c"]
         env = dict(os.environ, LC_ALL="C")
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        h = hashlib.sha256()
         with subprocess.Popen(tar_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=env) as tar, \
                 subprocess.Popen(zstd_argv, stdin=tar.stdout, stdout=subprocess.PIPE,
@@ -105,7 +104,7 @@ class Pipeline:
             timer = threading.Timer(TAR_TIMEOUT, self.cancel)
             timer.start()
             try:
-                stored = _copy(zstd.stdout.fileno(), fd, h)
+                crc, stored = _copy(zstd.stdout.fileno(), fd)
                 os.fsync(fd)
             except OSError as e:
                 self.cancel()
@@ -129,21 +128,22 @@ class Pipeline:
         if zstd.returncode != 0:
             raise ArchiveError(f"zstd failed (exit {zstd.returncode}): "
                                f"{zerr.decode('utf-8', 'replace').strip()[-300:]}")
-        return Written(h.hexdigest(), stored, tar_err.splitlines())
+        return Written(crc, stored, tar_err.splitlines())
 
 
-def _copy(src: int, dst: int, h: Any) -> int:
-    """Pipe ``src`` into file ``dst``, hashing on the way; the bytes copied."""
+def _copy(src: int, dst: int) -> tuple[int, int]:
+    """Pipe ``src`` into file ``dst``: the CRC-32 of the bytes copied and their count. (CRC-32
+    runs at ~3.7 GB/s here, sha256 at ~1.4: the sha256 is taken once, on the read-back.)"""
     buf = bytearray(CHUNK)
     whole = memoryview(buf)
-    copied = 0
+    copied = crc = 0
     while n := os.readv(src, [buf]):
         view = whole[:n]
-        h.update(view)
+        crc = zlib.crc32(view, crc)
         while view:
             view = view[os.write(dst, view):]
         copied += n
-    return copied
+    return crc, copied
 
 
 def _feed(stdin: object, names: Sequence[bytes]) -> None:
@@ -158,11 +158,21 @@ def _big_pipe(fd: int) -> None:
         fcntl.fcntl(fd, F_SETPIPE_SZ, CHUNK)
 
 
-def hash_file(path: str, from_device: bool = False) -> tuple[str, int]:
-    """sha256 and size of a file; ``from_device`` reads past the page cache (O_DIRECT, or
-    after dropping the file's cached pages) so the bytes come from the disk, not memory."""
+def hash_file(path: str) -> tuple[str, int]:
+    """sha256 and size of a file."""
+    digest, _, size = _digest(path, from_device=False, crc=False)
+    return digest, size
+
+
+def read_back(path: str) -> tuple[str, int, int]:
+    """sha256, CRC-32 and size of a file read past the page cache (O_DIRECT, or after
+    dropping the file's cached pages), so the bytes come from the device, not memory."""
+    return _digest(path, from_device=True, crc=True)
+
+
+def _digest(path: str, *, from_device: bool, crc: bool) -> tuple[str, int, int]:
     h = hashlib.sha256()
-    size = 0
+    size = check = 0
     flags = os.O_RDONLY | os.O_CLOEXEC
     try:
         try:
@@ -178,6 +188,8 @@ def hash_file(path: str, from_device: bool = False) -> tuple[str, int]:
     try:
         while n := os.readv(fd, [buf]):
             h.update(whole[:n])
+            if crc:
+                check = zlib.crc32(whole[:n], check)
             size += n
     except OSError as e:
         raise target_error(path, e) from None
@@ -185,7 +197,7 @@ def hash_file(path: str, from_device: bool = False) -> tuple[str, int]:
         os.close(fd)
         whole.release()
         buf.close()
-    return h.hexdigest(), size
+    return h.hexdigest(), check, size
 
 
 def extract(path: str, dest: str, members: Sequence[bytes] | None) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import heapq
 import json
 import os
 import shutil
@@ -14,16 +15,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from agent.config.backup import BackupOptions
 from backup import hooks, index, layout, snapshot
-from backup.archive import ArchiveError, Pipeline, Written, hash_file, target_error
+from backup.archive import ArchiveError, Pipeline, Written, hash_file, read_back, target_error
 from backup.mounts import Filesystem, SourceLayout, read_mounts, source_layout
-from backup.plan import Segment, cut
+from backup.plan import Cutter, Segment
 from backup.progress import Progress, human
 from backup.store import Generation, Store, StoreError
 from backup.walk import Excludes, Walked, walk
@@ -37,14 +37,21 @@ class BackupError(Exception):
 
 @dataclass
 class Plan:
+    """What is being archived; segments are added while the walk goes on."""
+
     filesystems: list[Filesystem]
-    walked: list[Walked]
-    segments: list[Segment]
+    walked: list[Walked] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
     reused: dict[int, tuple[Generation, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def entries(self) -> int:
         return sum(len(s.members) for s in self.segments)
+
+    def totals(self) -> tuple[int, int]:
+        """Bytes and entries planned so far (for progress)."""
+        segs = list(self.segments)
+        return sum(s.size for s in segs), sum(len(s.members) for s in segs)
 
     def new(self) -> list[int]:
         return [i for i in range(len(self.segments)) if i not in self.reused]
@@ -79,28 +86,36 @@ def filesystems_of(source: str) -> SourceLayout:
 
 
 def make_plan(mounts: SourceLayout, target: Path, opts: BackupOptions,
-              filesystems: Sequence[Filesystem]) -> Plan:
-    """Walk ``filesystems`` (those of ``mounts``, read from a snapshot where one was taken)."""
-    fss = list(filesystems)
+              filesystems: Sequence[Filesystem], *, emit: Callable[[int], None] | None = None,
+              plan: Plan | None = None) -> Plan:
+    """Walk ``filesystems`` (those of ``mounts``, read from a snapshot where one was taken)
+    into ``plan``, cutting segments as it goes; ``emit`` gets each final segment's index."""
+    plan = plan if plan is not None else Plan(list(filesystems))
     patterns = list(opts.exclude)
     inside = os.path.relpath(os.path.realpath(target), mounts.source)
     if not inside.startswith(".."):  # also when read from a snapshot, where inodes differ
         patterns.append(glob.escape("/" + inside))
     excludes = Excludes(patterns)
     skip = _skip_inodes(target)
-    walked, segments = [], []
-    for i, fs in enumerate(fss):
+
+    def add(seg: Segment) -> None:
+        plan.segments.append(seg)
+        if emit is not None:
+            emit(len(plan.segments) - 1)
+
+    for i, fs in enumerate(plan.filesystems):
         if fs.prefix and excludes(b"/" + os.fsencode(fs.prefix)):
-            walked.append(Walked([], []))
+            plan.walked.append(Walked([], []))
             continue
-        w = walk(fs, mounts, excludes, skip)
-        walked.append(w)
-        segments.extend(cut(i, w))
-    return Plan(fss, walked, segments)
+        cutter = Cutter(i, add)
+        w = walk(fs, mounts, excludes, skip, on_file=cutter.file)
+        cutter.finish(w.dirs)
+        plan.walked.append(w)
+    return plan
 
 
-def _reuse(plan: Plan, store: Store) -> None:
-    """Segments of earlier generations with the same key are hard-linked, not rewritten."""
+def known_segments(store: Store) -> dict[str, tuple[Generation, dict[str, Any]]]:
+    """Segments of verified generations by key: reused (hard-linked), not rewritten."""
     known: dict[str, tuple[Generation, dict[str, Any]]] = {}
     for gen in store.generations():
         try:
@@ -111,22 +126,27 @@ def _reuse(plan: Plan, store: Store) -> None:
             continue
         for seg in manifest.get("segments", []):
             known[seg["key"]] = (gen, seg)
-    for i, seg in enumerate(plan.segments):
-        hit = known.get(seg.key())
-        if hit is not None:
-            plan.reused[i] = hit
+    return known
 
 
 class Writer:
-    """Writes the planned segments into ``partial``, ``jobs`` at a time."""
+    """Writes segments into ``partial`` as the walk hands them over, ``jobs`` at a time,
+    biggest waiting one first; a segment already in a verified generation is linked."""
 
-    def __init__(self, plan: Plan, partial: Path, level: int, jobs: int) -> None:
+    def __init__(self, plan: Plan, partial: Path, level: int, jobs: int,
+                 known: dict[str, tuple[Generation, dict[str, Any]]]) -> None:
         self.plan, self.partial, self.level, self.jobs = plan, partial, level, jobs
+        self.known = known
         self.done_bytes = self.done_files = 0
         self.running: dict[int, Pipeline] = {}
         self.results: dict[int, dict[str, Any]] = {}
         self.warnings: list[str] = []
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: list[tuple[int, int]] = []  # heap of (-size, index)
+        self._closed = False
+        self._error: BaseException | None = None
+        self._threads: list[threading.Thread] = []
 
     def sample(self) -> tuple[int, int]:
         with self._lock:
@@ -138,6 +158,75 @@ class Writer:
                 done_f += len(seg.members) * part // seg.size if seg.size else 0
         return done_b, done_f
 
+    def start(self) -> None:
+        (self.partial / "segments").mkdir()
+        self._threads = [threading.Thread(target=self._work, name=f"segment-{n}", daemon=True)
+                         for n in range(self.jobs)]
+        for t in self._threads:
+            t.start()
+
+    def add(self, i: int) -> None:
+        """Segment ``i`` is final: link it from an earlier generation or queue it."""
+        seg = self.plan.segments[i]
+        hit = self.known.get(seg.key())
+        with self._wake:
+            if self._error is not None:
+                raise self._error  # stops the walk: the backup has failed
+            if hit is None:
+                heapq.heappush(self._queue, (-seg.size, i))
+                self._wake.notify()
+                return
+        self.plan.reused[i] = hit
+        self._link(i)
+
+    def pending_bytes(self) -> int:
+        """Raw bytes (plus per-entry overhead) of the segments not written yet."""
+        with self._lock:
+            todo = [i for _, i in self._queue] + list(self.running)
+        return sum(self.plan.segments[i].size + 1024 * len(self.plan.segments[i].members)
+                   for i in todo)
+
+    def finish(self) -> None:
+        """No more segments: wait for the last ones; the first failure is raised."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        for t in self._threads:
+            t.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        with self._wake:
+            if self._error is None:
+                self._error = ArchiveError("cancelled")
+            self._fail()
+        for t in self._threads:
+            t.join()
+
+    def _fail(self) -> None:  # holding the lock
+        self._queue.clear()
+        for p in self.running.values():
+            p.cancel()
+        self._wake.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._closed and self._error is None:
+                    self._wake.wait()
+                if self._error is not None or not self._queue:
+                    return
+                _, i = heapq.heappop(self._queue)
+            try:
+                self._one(i)
+            except BaseException as e:  # handed to the walking thread
+                with self._wake:
+                    if self._error is None:
+                        self._error = e
+                    self._fail()
+                return
+
     def _one(self, i: int) -> None:
         seg = self.plan.segments[i]
         fs = self.plan.filesystems[seg.fs]
@@ -147,10 +236,12 @@ class Writer:
         pipe = Pipeline(fs.read_root, [e.name for e in seg.members], path, self.level,
                         1 if self.jobs > 1 else 0)
         with self._lock:
+            if self._error is not None:
+                return
             self.running[i] = pipe
         try:
             written = pipe.run()
-            self._read_back(path, written)
+            sha256 = self._read_back(path, written)
             try:
                 index.write(str(self.partial / "segments" / f"{name}.idx.gz"),
                             os.fsencode(fs.prefix), seg, os.fsencode(fs.read_root))
@@ -163,16 +254,18 @@ class Writer:
             self.done_bytes += seg.size
             self.done_files += len(seg.members)
             self.warnings.extend(f"{fs.prefix or '/'}: {w}" for w in written.warnings)
-            self.results[i] = {"sha256": written.sha256, "stored": written.stored,
-                               "reused": None}
+            self.results[i] = {"sha256": sha256, "stored": written.stored, "reused": None}
 
     @staticmethod
-    def _read_back(path: str, written: Written) -> None:
-        digest, size = hash_file(path, from_device=True)
-        if (digest, size) != (written.sha256, written.stored):
-            raise ArchiveError(f"{path}: read back {size} bytes with sha256 {digest[:16]}…, "
-                               f"wrote {written.stored} with {written.sha256[:16]}…: the target "
-                               "does not keep what is written to it")
+    def _read_back(path: str, written: Written) -> str:
+        """The archive's sha256, from its bytes as read back from the device; they must be
+        the bytes written (same size and CRC-32 as the copy into the file saw)."""
+        digest, crc, size = read_back(path)
+        if (crc, size) != (written.crc32, written.stored):
+            raise ArchiveError(f"{path}: read back {size} bytes with CRC-32 {crc:08x}, wrote "
+                               f"{written.stored} with {written.crc32:08x}: the target does "
+                               "not keep what is written to it")
+        return digest
 
     def _link(self, i: int) -> None:
         gen, old = self.plan.reused[i]
@@ -184,45 +277,24 @@ class Writer:
             except OSError as e:
                 raise target_error(str(src), e) from None
         seg = self.plan.segments[i]
-        self.done_bytes += seg.size
-        self.done_files += len(seg.members)
-        self.results[i] = {"sha256": old["sha256"], "stored": old["stored"], "reused": gen.id}
-
-    def run(self) -> None:
-        (self.partial / "segments").mkdir()
-        for i in self.plan.reused:
-            self._link(i)
-        todo = self.plan.new()
-        # Biggest first: the last one running alone should be a small one.
-        todo.sort(key=lambda i: -self.plan.segments[i].size)
-        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="segment") as pool:
-            futures = [pool.submit(self._one, i) for i in todo]
-            finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in finished if f.exception() is not None]
-            if failed:
-                for f in pending:
-                    f.cancel()
-                with self._lock:
-                    for p in self.running.values():
-                        p.cancel()
-                wait(pending)
-                raise failed[0].exception()  # type: ignore[misc]
+        with self._lock:
+            self.done_bytes += seg.size
+            self.done_files += len(seg.members)
+            self.results[i] = {"sha256": old["sha256"], "stored": old["stored"],
+                               "reused": gen.id}
 
 
-def _needed(plan: Plan, store: Store) -> int:
-    """Bytes the new segments will take: raw bytes times the last generation's ratio."""
-    ratio = 1.0
+def _ratio(store: Store) -> float:
+    """Stored / raw bytes of the last generation (1 without one): what new data will take."""
     gens = store.generations()
     if gens:
         try:
             totals = gens[-1].manifest().get("totals", {})
             if totals.get("bytes"):
-                ratio = min(1.0, max(0.05, totals["stored"] / totals["bytes"]))
+                return float(min(1.0, max(0.05, totals["stored"] / totals["bytes"])))
         except StoreError:
             pass
-    raw = sum(plan.segments[i].size + 1024 * len(plan.segments[i].members)
-              for i in plan.new())
-    return int(raw * ratio) + MARGIN
+    return 1.0
 
 
 @dataclass(frozen=True)
@@ -267,31 +339,35 @@ def _create_locked(source: str, store: Store, opts: BackupOptions, *, stream: Te
     capture.start()  # its commands run while the tree is walked
     mounts = filesystems_of(source)
     with snapshot.taken(mounts.filesystems, opts, say) as filesystems:
-        plan = make_plan(mounts, store.target, opts, filesystems)
-        return _write(source, store, opts, plan, t0=t0, stream=stream, jobs=jobs,
-                      removed=removed, layout_thread=(capture, captured))
+        return _write(source, store, opts, mounts, filesystems, t0=t0, stream=stream,
+                      jobs=jobs, removed=removed, layout_thread=(capture, captured))
 
 
-def _write(source: str, store: Store, opts: BackupOptions, plan: Plan, *, t0: float,
-           stream: TextIO, jobs: int | None, removed: list[str],
-           layout_thread: tuple[threading.Thread, dict[str, Any]]) -> Outcome:
+def _write(source: str, store: Store, opts: BackupOptions, mounts: SourceLayout,
+           filesystems: Sequence[Filesystem], *, t0: float, stream: TextIO, jobs: int | None,
+           removed: list[str], layout_thread: tuple[threading.Thread, dict[str, Any]]
+           ) -> Outcome:
+    """Walk and write at once: each segment is archived as soon as the walk has cut it."""
     capture, captured = layout_thread
-    _reuse(plan, store)
-    need = _needed(plan, store)
-    vfs = os.statvfs(store.target)
-    free = vfs.f_bavail * vfs.f_frsize
-    if free < need:
-        raise BackupError(f"backup target {store.target} has {human(free)} free; this backup "
-                          f"needs about {human(need)}: free space there or lower [backup] keep")
+    known, ratio = known_segments(store), _ratio(store)
     gen_id = store.new_id(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t0)))
     partial = store.target / f".partial-{gen_id}"
     partial.mkdir(mode=0o700)
-    total = sum(s.size for s in plan.segments)
-    workers = jobs or opts.jobs or os.cpu_count() or 1
-    writer = Writer(plan, partial, opts.compression_level, workers)
+    # One more than the CPUs: while one archive is fsynced and read back, the CPUs still
+    # compress.
+    workers = jobs or opts.jobs or (os.cpu_count() or 1) + 1
+    plan = Plan(list(filesystems))
+    writer = Writer(plan, partial, opts.compression_level, workers, known)
     try:
-        with Progress("backup", total, plan.entries, writer.sample, stream):
-            writer.run()
+        with Progress("backup", 0, 0, writer.sample, stream, totals=plan.totals):
+            writer.start()
+            try:
+                make_plan(mounts, store.target, opts, filesystems, emit=writer.add, plan=plan)
+                _check_space(store, writer, ratio)
+            except BaseException:
+                writer.abort()
+                raise
+            writer.finish()
         capture.join()
         manifest = _manifest(gen_id, source, opts, plan, writer=writer, t0=t0)
         _write_json(partial / "layout.json", captured)
@@ -303,6 +379,17 @@ def _write(source: str, store: Store, opts: BackupOptions, plan: Plan, *, t0: fl
         raise
     dropped = store.retain(opts.keep)
     return Outcome(gen, manifest, removed, dropped, [])
+
+
+def _check_space(store: Store, writer: Writer, ratio: float) -> None:
+    """Once the walk is over: is there room for what is still to be written?"""
+    need = int(writer.pending_bytes() * ratio) + MARGIN
+    vfs = os.statvfs(store.target)
+    free = vfs.f_bavail * vfs.f_frsize
+    if free < need:
+        raise BackupError(f"backup target {store.target} has {human(free)} free; this backup "
+                          f"needs about {human(need)} more: free space there or lower [backup] "
+                          "keep")
 
 
 def _manifest(gen_id: str, source: str, opts: BackupOptions, plan: Plan, *, writer: Writer,
@@ -324,7 +411,7 @@ def _manifest(gen_id: str, source: str, opts: BackupOptions, plan: Plan, *, writ
                          "read_from": fs.read_root} for fs in plan.filesystems],
         "segments": segs,
         "totals": {"entries": plan.entries,
-                   "files": sum(len(w.files) for w in plan.walked),
+                   "files": sum(w.nfiles for w in plan.walked),
                    "dirs": sum(len(w.dirs) for w in plan.walked),
                    "excluded": sum(w.excluded for w in plan.walked),
                    "sockets_skipped": sum(w.skipped_sockets for w in plan.walked),

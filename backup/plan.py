@@ -14,6 +14,7 @@ import os
 import stat
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from backup.walk import Entry, Walked
@@ -53,20 +54,20 @@ def data_bytes(st: os.stat_result) -> int:
 
 
 class _Cutter:
-    def __init__(self, fs: int, kind: str, out: list[Segment]) -> None:
-        self.fs, self.kind, self.out = fs, kind, out
+    def __init__(self, fs: int, kind: str, emit: Callable[[Segment], None]) -> None:
+        self.fs, self.kind, self.emit = fs, kind, emit
         self.cur: Segment | None = None
 
     def close(self) -> None:
         if self.cur is not None and self.cur.members:
-            self.out.append(self.cur)
+            self.emit(self.cur)
         self.cur = None
 
     def add(self, e: Entry, size: int) -> Segment:
         if size >= LARGE:
             self.close()
             seg = Segment(self.fs, self.kind, [e], size, weight=size + OVERHEAD)
-            self.out.append(seg)
+            self.emit(seg)
             return seg
         if self.cur is None:
             self.cur = Segment(self.fs, self.kind)
@@ -83,24 +84,65 @@ class _Cutter:
         return seg
 
 
-def cut(fs: int, walked: Walked) -> list[Segment]:
-    out: list[Segment] = []
-    files = _Cutter(fs, "data", out)
-    first: dict[int, tuple[Segment, bytes]] = {}  # inode -> segment and its first name
-    for e in walked.files:
-        if e.st.st_nlink > 1 and not stat.S_ISDIR(e.st.st_mode):
-            known = first.get(e.st.st_ino)
-            if known is not None:
-                seg, name = known
-                seg.link_to[len(seg.members)] = name
-                seg.members.append(e)
-                continue
-            first[e.st.st_ino] = (files.add(e, data_bytes(e.st)), e.name)
+class Cutter:
+    """Cuts one filesystem's walk into segments as it goes, handing each to ``emit`` once it
+    is final: at once, or (holding a first name of a hard-linked inode, which later names
+    join) when the walk is over."""
+
+    def __init__(self, fs: int, emit: Callable[[Segment], None]) -> None:
+        self.emit = emit
+        self.held: list[Segment] = []
+        self.files = _Cutter(fs, "data", self._closed)
+        self.dirs: list[Entry] = []
+        self._fs = fs
+        self._first: dict[int, tuple[Segment, bytes]] = {}  # inode -> segment, first name
+        self._linked: set[int] = set()  # id() of segments holding a first name
+
+    def _closed(self, seg: Segment) -> None:
+        if id(seg) in self._linked:
+            self.held.append(seg)
         else:
-            files.add(e, data_bytes(e.st))
-    files.close()
-    dirs = _Cutter(fs, "dirs", out)
-    for e in walked.dirs:
-        dirs.add(e, 0)
-    dirs.close()
+            self.emit(seg)
+
+    def file(self, e: Entry) -> None:
+        st = e.st
+        size = data_bytes(st)
+        if st.st_nlink <= 1:
+            self.files.add(e, size)
+            return
+        known = self._first.get(st.st_ino)
+        if known is not None:
+            seg, name = known
+            seg.link_to[len(seg.members)] = name
+            seg.members.append(e)
+            return
+        if size >= LARGE:
+            self.files.close()
+            seg = Segment(self._fs, "data", [e], size, weight=size + OVERHEAD)
+            self.held.append(seg)
+        else:
+            if self.files.cur is None:
+                self.files.cur = Segment(self._fs, "data")
+            self._linked.add(id(self.files.cur))
+            seg = self.files.add(e, size)
+        self._first[st.st_ino] = (seg, e.name)
+
+    def finish(self, dirs: list[Entry]) -> None:
+        self.files.close()
+        for seg in self.held:
+            self.emit(seg)
+        self.held = []
+        cutter = _Cutter(self._fs, "dirs", self.emit)
+        for e in dirs:
+            cutter.add(e, 0)
+        cutter.close()
+
+
+def cut(fs: int, walked: Walked) -> list[Segment]:
+    """All segments of a finished walk (for tests and tools; backups cut while walking)."""
+    out: list[Segment] = []
+    c = Cutter(fs, out.append)
+    for e in walked.files:
+        c.file(e)
+    c.finish(walked.dirs)
     return out

@@ -23,12 +23,15 @@ def clock(seconds: float) -> str:
 
 class Progress:
     """Calls ``sample()`` -> (bytes done, files done) every ``interval`` seconds and shows
-    bytes and files against the totals, the rate and the time left."""
+    bytes and files against the totals, the rate and the time left. ``totals()``, when
+    given, is asked for the totals each time (they grow while a walk goes on)."""
 
     def __init__(self, what: str, total_bytes: int, total_files: int,
                  sample: Callable[[], tuple[int, int]], stream: TextIO, *,
-                 tty: bool | None = None, interval: float | None = None) -> None:
+                 tty: bool | None = None, interval: float | None = None,
+                 totals: Callable[[], tuple[int, int]] | None = None) -> None:
         self.what, self.total_bytes, self.total_files = what, total_bytes, total_files
+        self.totals = totals
         self.sample, self.stream = sample, stream
         self.tty = stream.isatty() if tty is None else tty
         self.interval = interval if interval is not None else (0.5 if self.tty else 15.0)
@@ -49,6 +52,8 @@ class Progress:
             self.stream.flush()
 
     def line(self) -> str:
+        if self.totals is not None:
+            self.total_bytes, self.total_files = self.totals()
         done_bytes, done_files = self.sample()
         elapsed = max(time.monotonic() - self._t0, 1e-6)
         rate = done_bytes / elapsed

@@ -12,7 +12,7 @@ import fnmatch
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -46,18 +46,21 @@ class Excludes:
 
 @dataclass
 class Walked:
-    files: list[Entry]  # everything but directories, in walk order
+    files: list[Entry]  # everything but directories, in walk order (unless handed on)
     dirs: list[Entry]
+    nfiles: int = 0  # entries that are not directories
     excluded: int = 0  # entries left out by a pattern or as the target
     skipped_sockets: int = 0
 
 
 def walk(fs: Filesystem, layout: SourceLayout, excludes: Excludes,
-         skip_inodes: frozenset[tuple[int, int]] = frozenset()) -> Walked:
+         skip_inodes: frozenset[tuple[int, int]] = frozenset(),
+         on_file: Callable[[Entry], None] | None = None) -> Walked:
     """Everything on ``fs`` below its read root, sorted by name in each directory.
 
     ``skip_inodes``: (st_dev, st_ino) pairs left out with their subtree (the backup target,
-    swap files).
+    swap files). ``on_file``: takes each non-directory as it is found (so archiving can start
+    while the walk goes on) instead of ``files`` collecting them.
     """
     root = os.fsencode(fs.read_root)
     prefix = os.fsencode(fs.prefix)
@@ -66,6 +69,7 @@ def walk(fs: Filesystem, layout: SourceLayout, excludes: Excludes,
     out.dirs.append(Entry(b".", top))
     stack = [b""]
     lstat = os.lstat
+    keep = on_file or out.files.append
     boundaries = {os.fsencode(k): v for k, v in layout.boundaries.items()}
     while stack:
         rel = stack.pop()
@@ -100,6 +104,7 @@ def walk(fs: Filesystem, layout: SourceLayout, excludes: Excludes,
             elif stat.S_ISSOCK(mode):
                 out.skipped_sockets += 1  # recreated by their services; tar cannot store them
             else:
-                out.files.append(Entry(child, st))
+                out.nfiles += 1
+                keep(Entry(child, st))
         stack.extend(reversed(subdirs))
     return out

@@ -131,11 +131,14 @@ class MailQueueCheck(Check):
     def run(self, env: Env) -> Iterable[Result]:
         link: dict[str, Any] = {"unit": "postfix", "depends_on": ("service:postfix",),
                                 "restartable": False}
+        watched = "postfix" in watched_units(env)
+        if not watched and not (env.sysroot / "etc/postfix/main.cf").exists():
+            return []  # Postfix not set up here (or not installed): nothing to watch
         try:
             out = env.commands.run(["postqueue", "-j"], timeout=self.options.postqueue_timeout)
         except CommandNotFound:
-            if "postfix" not in watched_units(env):
-                return []  # no Postfix here: nothing to watch
+            if not watched:
+                return []
             return [self.result(Status.UNKNOWN, "postqueue not found",
                                 remedy="is the postfix package installed? rpm -V postfix; "
                                 "is /usr/sbin in steward's PATH?", **link)]

@@ -90,8 +90,8 @@ def test_full_target_is_a_failure_and_commits_nothing(tmp_path: Path,
     assert backup("verify", "--target", str(small_target)).returncode == 0
 
 
-def test_too_little_free_space_is_refused_before_writing(tmp_path: Path,
-                                                         small_target: Path) -> None:
+def test_too_little_free_space_is_refused_once_the_walk_has_sized_it(
+        tmp_path: Path, small_target: Path) -> None:
     src = tmp_path / "src"
     _files(src, 15, 10 * 2**20, random=True)
     r = backup("create", "--source", str(src), "--target", str(small_target))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from backup.mounts import Mount, parse_mountinfo, source_layout
-from backup.plan import cut
+from backup.plan import Cutter, cut
 from backup.walk import Entry, Excludes, Walked
 from tests.backup.conftest import backup, generations, write_config
 from tests.fstree import have_loop, loop_fs
@@ -107,3 +107,32 @@ def test_segments_are_cut_by_content_so_an_insert_changes_one() -> None:
     names.insert(7777, "d077/f07777-new")
     after = [s.key() for s in cut(0, _entries(names))]
     assert len(set(after) - set(before)) <= 2  # its own segment (split in two at most)
+
+
+def _st(ino: int, nlink: int, size: int) -> os.stat_result:
+    return os.stat_result((stat.S_IFREG | 0o644, ino, 1, nlink, 0, 0, size, 0, 0, 0),
+                          {"st_blocks": size // 512, "st_mtime_ns": 0, "st_ctime_ns": 0,
+                           "st_rdev": 0})
+
+
+def test_segments_go_out_while_the_walk_runs_except_those_later_hard_links_join() -> None:
+    """Cutting while walking: a segment is handed over once final; one holding the first
+    name of a hard-linked inode waits for the walk's end, when every later name is in it."""
+    emitted: list[list[bytes]] = []
+    c = Cutter(0, lambda seg: emitted.append([e.name for e in seg.members]))
+    c.file(Entry(b"a/linked", _st(1, 2, 4096)))
+    c.file(Entry(b"a/big-linked", _st(2, 2, 64 << 20)))  # large: a segment of its own
+    for n in range(400):  # ~400 MB of plain files: several segments cut meanwhile
+        c.file(Entry(f"b/f{n:03d}".encode(), _st(100 + n, 1, 1 << 20)))
+    before_end = len(emitted)
+    assert before_end >= 2
+    assert not any(b"a/linked" in names or b"a/big-linked" in names for names in emitted)
+    c.file(Entry(b"z/second-name", _st(1, 2, 4096)))
+    c.file(Entry(b"z/big-second-name", _st(2, 2, 64 << 20)))
+    c.finish([Entry(b".", _st(9, 2, 0))])
+    held = emitted[before_end:]
+    assert [b"a/big-linked", b"z/big-second-name"] in held
+    assert any(names[0] == b"a/linked" and names[-1] == b"z/second-name" for names in held)
+    assert emitted[-1] == [b"."]  # directories last
+    everything = [n for names in emitted for n in names]
+    assert len(everything) == len(set(everything)) == 405

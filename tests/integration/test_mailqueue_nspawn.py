@@ -5,6 +5,8 @@ Postfix with deferred mail in a systemd-nspawn container (slow, root)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import textwrap
 import time
 
@@ -18,6 +20,7 @@ from agent.system.commands import CommandRunner
 from checks.mailqueue import MailQueueCheck, MailQueueOptions, parse_postqueue
 from checks.services import ServiceOptions
 
+SBIN = "/usr/sbin:/usr/bin:/sbin:/bin"
 REFUSED = "connect to 127.0.0.1[127.0.0.1]:2526: Connection refused"
 ARRIVAL = 1795410599
 # postqueue -j of Postfix 3.7.11: three deferred messages (one with two recipients, one deferred
@@ -151,6 +154,19 @@ def test_without_postqueue_the_check_is_silent_unless_postfix_is_watched(tmp_pat
     [r] = check().run(Env(watched, commands=runner))
     assert r.status is Status.UNKNOWN and r.summary == "postqueue not found"
     assert r.restartable is False and r.depends_on == ("service:postfix",)
+
+
+@pytest.mark.skipif(shutil.which("postqueue", path=SBIN) is None
+                    or os.path.exists("/etc/postfix/main.cf"),
+                    reason="needs postqueue installed with Postfix left unconfigured")
+def test_an_installed_but_unconfigured_postfix_is_silent_unless_watched(tmp_path):
+    """Debian's postfix package with "No configuration" has postqueue but no main.cf."""
+    runner = CommandRunner({"PATH": SBIN})
+    assert list(check().run(Env(Config("<test>"), commands=runner, sysroot=tmp_path))) == []
+    watched = Config("<test>", checks={"service": ServiceOptions(units=("postfix",))})
+    (tmp_path / "etc/postfix").mkdir(parents=True)
+    [r] = check().run(Env(watched, commands=runner, sysroot=tmp_path))
+    assert r.status is Status.UNKNOWN and r.summary.startswith("cannot read the queue")
 
 
 # -- against a real Postfix -----------------------------------------------------------------
