@@ -23,6 +23,7 @@ from agent.registry import Registry, discover
 from agent.runner import Selector, resolve, run_all
 from agent.state import StateDir, StateError
 from backup import cli as backup_cli
+from checks.audit import cli as audit_cli
 
 EXIT_USAGE = 2
 log = logging.getLogger("steward")
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     daemon_cli.add_parsers(sub, lambda p: _common(p, top=False))
     backup_cli.add_parsers(sub, lambda p: _common(p, top=False))
+    audit_cli.add_parsers(sub, lambda p: _common(p, top=False))
 
     cfg = sub.add_parser("config", help="validate or show the configuration",
                          description="Validate or show the configuration.")
@@ -194,6 +196,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return backup_cli.run(args, env.config.backup)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    _, env = _setup(args)
+    return audit_cli.run(args, env, audit_cli.options_of(env))
+
+
 HANDLERS = {
     "check": cmd_check,
     "config": cmd_config,
@@ -204,6 +211,7 @@ HANDLERS = {
     "reset": lambda a: daemon_cli.cmd_reset(StateDir(_state_dir(a)), a.unit),
     "notify": cmd_notify,
     "backup": cmd_backup,
+    "audit": cmd_audit,
 }
 
 

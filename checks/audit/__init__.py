@@ -1,0 +1,84 @@
+"""The security audit: rule families (one module each, imported when the audit runs) judged
+on the running system or a sysroot, a hardening score, and the ``audit`` check plugin that
+puts every rule into ``steward check`` and the daemon (a rule newly failing is an alert)."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import logging
+from collections.abc import Iterable, Sequence
+from typing import ClassVar
+
+from agent.env import Env
+from agent.model import Check, Metric, Result, Status
+from checks.audit.base import Context, Finding, Unreadable, unknown
+from checks.audit.options import AuditOptions
+
+log = logging.getLogger(__name__)
+
+# Family modules, in report order.
+FAMILIES = ("selinux", "firewall", "sshd", "postfix", "dovecot", "httpd", "bind", "system")
+
+
+def audit(ctx: Context, families: Sequence[str] = FAMILIES) -> list[Finding]:
+    """Every applicable rule of ``families`` judged on ``ctx``, less ``skip``ped ones. A
+    family that cannot be read at all is one UNKNOWN finding naming what stood in the way;
+    a family that fails unexpectedly is one too (with the error), never a traceback."""
+    out: list[Finding] = []
+    for name in families:
+        try:
+            module = importlib.import_module(f"checks.audit.{name}")
+            found = list(module.audit(ctx))
+        except Unreadable as e:
+            found = [unknown(f"{name}.config", f"{name} configuration readable", e)]
+        except Exception as e:  # a bug in a family must not hide the others
+            log.exception("audit family %s failed", name)
+            found = [unknown(f"{name}.error", f"{name} audit ran", f"{type(e).__name__}: {e}",
+                             remedy="report this as a steward bug, with steward audit -vv")]
+        out.extend(f for f in found if not _skipped(f.rule, ctx.options.skip))
+    return out
+
+
+def _skipped(rule: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(rule, p) for p in patterns)
+
+
+def score(findings: Iterable[Finding]) -> tuple[int, int]:
+    """(weight of passing rules, weight of judged rules); UNKNOWN rules are not judged."""
+    judged = [f for f in findings if f.ok is not None]
+    return sum(f.weight for f in judged if f.ok), sum(f.weight for f in judged)
+
+
+def score_result(findings: Sequence[Finding], min_score: int) -> Result:
+    passed, total = score(findings)
+    pct = round(100 * passed / total) if total else 100
+    failing = sum(f.ok is False for f in findings)
+    unknowns = sum(f.ok is None for f in findings)
+    summary = (f"hardening score {pct} % ({len(findings) - failing - unknowns} of "
+               f"{len(findings)} rules pass" + (f", {unknowns} cannot be judged" if unknowns
+                                                else "") + ")")
+    status = Status.WARN if pct < min_score else Status.OK
+    return Result("audit", status, summary,
+                  details="score: weight of passing rules / weight of judged rules (CRIT rules "
+                  "weigh 3, WARN rules 1)",
+                  remedy="" if status is Status.OK else "fix the failing audit rules above "
+                  "(steward audit shows each with its remedy)",
+                  metrics=(Metric("score", pct, "%", warn=f"{min_score}:" if min_score else "",
+                                  min=0, max=100),
+                           Metric("rules", len(findings)), Metric("failing", failing),
+                           Metric("unknown", unknowns)),
+                  restartable=False)
+
+
+class AuditCheck(Check):
+    """The audit as a check: one result per rule plus the score."""
+
+    name: ClassVar[str] = "audit"
+    Options = AuditOptions
+    options: AuditOptions
+
+    def run(self, env: Env) -> Iterable[Result]:
+        findings = audit(Context(env.sysroot, self.options, env.commands))
+        return [*(f.result() for f in findings),
+                score_result(findings, self.options.min_score)]
