@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from agent.model import Status
-from checks.audit.base import Context, Finding, Unreadable, unknown
+from checks.audit.base import Context, Finding, Rules, Unreadable, Verdict
 
 CONF = "/etc/dovecot/dovecot.conf"
 SSL_CONF, AUTH_CONF = "/etc/dovecot/conf.d/10-ssl.conf", "/etc/dovecot/conf.d/10-auth.conf"
@@ -52,13 +50,11 @@ class Config:
 
     def fix(self, default_file: str, **settings: str) -> str:
         """Where to set each setting: the lines that set it now, else the usual file."""
-        etc = self.ctx.path("/etc/dovecot")
-        files = [etc / "dovecot.conf", *sorted(etc.glob("conf.d/*.conf")), etc / "local.conf"]
         texts = {}
-        for f in files:
+        for f in (CONF, *self.ctx.glob("/etc/dovecot/conf.d/*.conf"), "/etc/dovecot/local.conf"):
             try:
-                texts["/" + str(f.relative_to(self.ctx.sysroot))] = f.read_text(errors="replace")
-            except OSError:
+                texts[f] = self.ctx.text(f)
+            except Unreadable:
                 continue
         steps = []
         for setting, value in settings.items():
@@ -127,10 +123,8 @@ def parse_files(ctx: Context) -> Config:
                 pattern = pattern.strip().strip('"')
                 full = pattern if pattern.startswith("/") else \
                     f"{path.rsplit('/', 1)[0]}/{pattern}"
-                matches = sorted(ctx.sysroot.glob(full.lstrip("/"))) if "*" in full else \
-                    [ctx.path(full)]
-                for m in matches:
-                    read("/" + str(m.relative_to(ctx.sysroot)), kind == "!include")
+                for m in ctx.glob(full) if "*" in full else [full]:
+                    read(m, kind == "!include")
             elif s.endswith("{"):
                 words = s[:-1].split()
                 stack.append(words[1] if words[:1] == ["protocol"] and len(words) > 1 else "-")
@@ -157,23 +151,8 @@ def parse_files(ctx: Context) -> Config:
 
 # -- the rules: each returns a Verdict; its docstring is the rationale ----------------------
 
-class Verdict(NamedTuple):
-    ok: bool | None
-    found: str
-    expected: str
-    remedy: str
-    severity: Status | None = None  # None: the rule's own
-
-
-Judge = Callable[[Config], Verdict]
-RULES: list[tuple[str, str, Status, Judge]] = []
-
-
-def rule(rid: str, title: str, severity: Status = Status.WARN) -> Callable[[Judge], Judge]:
-    def register(judge: Judge) -> Judge:
-        RULES.append((rid, title, severity, judge))
-        return judge
-    return register
+RULES: Rules[Config] = Rules()
+rule = RULES.rule
 
 
 @rule("dovecot.ssl", "IMAP/POP3 require TLS", Status.CRIT)
@@ -238,7 +217,7 @@ def ssl_cert(cfg: Config) -> Verdict:
             where = f" for {scope}" if scope else ""
             if not value:
                 problems.append(f"{cfg.name(setting)} not set{where}")
-            elif path.startswith("/") and not cfg.ctx.path(path).is_file():
+            elif path.startswith("/") and not cfg.ctx.real_path(path).is_file():
                 problems.append(f"{cfg.name(setting)}{where}: {path} missing")
     return Verdict(not problems, "; ".join(problems) or f"{cfg.shown('ssl_cert')}; "
                    f"{cfg.shown('ssl_key')}", "a certificate and key file that exist", fix)
@@ -247,18 +226,4 @@ def ssl_cert(cfg: Config) -> Verdict:
 def audit(ctx: Context) -> list[Finding]:
     if not ctx.exists(CONF):
         return []
-    try:
-        cfg = load(ctx)
-    except Unreadable as e:
-        return [unknown(rid, title, e, severity=sev) for rid, title, sev, _ in RULES]
-    findings = []
-    for rid, title, severity, judge in RULES:
-        try:
-            v = judge(cfg)
-        except Unreadable as e:
-            findings.append(unknown(rid, title, e, severity=severity))
-            continue
-        findings.append(Finding(rid, title, v.ok, v.found, v.expected, v.remedy,
-                                " ".join((judge.__doc__ or "").split()), v.severity or severity,
-                                cfg.source))
-    return findings
+    return RULES.audit(ctx, load)

@@ -132,10 +132,10 @@ def _load(ctx: Context, kind: str, broken: list[str]) -> dict[str, tuple[str, ET
     """name -> (path, root) of each zone or service definition, /etc overriding /usr/lib; why
     a file cannot be used goes to ``broken``."""
     paths: dict[str, str] = {}
-    for d in DIRS:
-        folder = ctx.path(f"{d}/{kind}s")
-        for p in sorted(folder.glob("*.xml")) if folder.is_dir() else []:
-            paths[p.stem] = f"{d}/{kind}s/{p.name}"
+    for d in DIRS:  # every *.xml, hidden ones too, as firewalld reads them
+        for name in ctx.listdir(f"{d}/{kind}s"):
+            if name.endswith(".xml"):
+                paths[name[:-len(".xml")]] = f"{d}/{kind}s/{name}"
     found: dict[str, tuple[str, ET.Element]] = {}
     for name, path in paths.items():
         try:
@@ -175,12 +175,12 @@ def _manager_bindings(ctx: Context) -> dict[str, str]:
     """interface -> zone from NetworkManager keyfiles: where EL9 binds interfaces (both keys
     exist only in the [connection] section)."""
     out: dict[str, str] = {}
-    folder = ctx.path("/etc/NetworkManager/system-connections")
-    for p in sorted(folder.glob("*.nmconnection")) if folder.is_dir() else []:
+    for path in ctx.glob("/etc/NetworkManager/system-connections/*.nmconnection"):
         try:
-            keys = dict(re.findall(r"(?m)^\s*(interface-name|zone)\s*=\s*(\S+)", p.read_text()))
-        except (OSError, UnicodeDecodeError):
+            text = ctx.text(path)
+        except Unreadable:
             continue  # not this family's file to judge; it only lends zone bindings
+        keys = dict(re.findall(r"(?m)^\s*(interface-name|zone)\s*=\s*(\S+)", text))
         if "interface-name" in keys and "zone" in keys:
             out[keys["interface-name"]] = keys["zone"]
     return out

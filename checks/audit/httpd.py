@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 from agent.model import Status
 from checks.audit.base import Context, Finding, Unreadable, unknown
-from checks.audit.sshd import glob_in_root, real_path
 
 # (main file, compiled-in ServerRoot, how to apply a change): EL9's httpd, then Debian's apache2.
 LAYOUTS = (("/etc/httpd/conf/httpd.conf", "/etc/httpd",
@@ -101,7 +100,7 @@ def _condition(kind: str, arg: str, cfg: Config, ctx: Context) -> bool:
     elif kind == "ifdefine":
         held = arg in cfg.defines
     elif kind == "iffile":
-        held = real_path(ctx, _absolute(arg, cfg)).exists()
+        held = ctx.exists(_absolute(arg, cfg))
     else:  # IfVersion, IfDirective, IfSection: assume the installed httpd has it
         return True
     return held != negate
@@ -113,21 +112,15 @@ def _absolute(path: str, cfg: Config) -> str:
 
 def _included(ctx: Context, pattern: str, optional: bool, here: str) -> list[str]:
     """The files an Include names, in the order httpd reads them."""
-    head = pattern.rpartition("/")[0]
-    if glob.has_magic(head):  # wildcards in a directory part: rare, no symlink translation
-        root = str(ctx.sysroot).rstrip("/")
-        paths = sorted(p[len(root):] for p in glob.glob(glob.escape(root) + pattern))
-    else:
-        paths = glob_in_root(ctx, pattern)
     files: list[str] = []
-    for p in paths:
-        real = real_path(ctx, p)
+    for p in ctx.glob(pattern):
+        real = ctx.real_path(p)
         if real.is_dir():  # a directory: every file in it and below, in name order
             for d, dirs, names in os.walk(real):
                 dirs.sort()
                 rel = os.path.relpath(d, real)
                 files += [os.path.normpath(f"{p}/{rel}/{n}") for n in sorted(names)]
-        elif not glob.has_magic(pattern) or real.is_file():
+        elif real.is_file() or (real.exists() and not glob.has_magic(pattern)):
             files.append(p)
     if not files and not optional:
         raise Unreadable(here, f"Include {pattern}: no such file")
@@ -139,10 +132,7 @@ def _parse(ctx: Context, cfg: Config, path: str, vhost: str | None, depth: int) 
     <Location>, <If>, <Macro>...), "" at server level."""
     if depth > MAX_DEPTH:
         raise Unreadable(path, "Include nested too deeply")
-    try:
-        text = real_path(ctx, path).read_text(errors="replace")
-    except OSError as e:
-        raise Unreadable(path, e.strerror or str(e)) from None
+    text = ctx.text(path)
     # (section as written, line, the context outside it, active outside it); a section closes
     # in the file that opens it
     stack: list[tuple[str, int, str | None, bool]] = []

@@ -132,10 +132,9 @@ def _cmdline(ctx: Context) -> Finding:
         text = ctx.read(path)
         if text is not None:
             sources.append((path, text))
-    entries = ctx.path("/boot/loader/entries")
-    for entry in sorted(entries.glob("*.conf")) if entries.is_dir() else []:
-        text = ctx.read(f"/boot/loader/entries/{entry.name}") or ""
-        sources += [(f"/boot/loader/entries/{entry.name}", line.strip()[len("options"):])
+    for entry in ctx.glob("/boot/loader/entries/*.conf"):
+        text = ctx.read(entry) or ""
+        sources += [(entry, line.strip()[len("options"):])
                     for line in text.splitlines() if line.strip().startswith("options")]
     bad = [f"{arg} in {where}" for where, line in sources for arg in line.split()
            if arg in ("selinux=0", "enforcing=0")]
@@ -181,10 +180,9 @@ def parse_denials(lines: Iterable[str]) -> list[Denial]:
 
 
 def _avc(ctx: Context, now: float) -> list[Finding]:
-    log = ctx.path(AUDIT_LOG)
-    ausearch = ctx.tool("ausearch")
     if not ctx.live and not ctx.exists(AUDIT_LOG):
         return []
+    log, ausearch = ctx.real_path(AUDIT_LOG), ctx.tool("ausearch")
     if ausearch and (ctx.live or log.is_file()):
         # ausearch reads what auditd.conf names, rotated files included; "-ts recent" is only
         # ten minutes, so ask from yesterday's midnight and cut the window below.

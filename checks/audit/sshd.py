@@ -3,7 +3,6 @@ sshd's effective configuration as ``sshd -T`` prints it for the audited system's
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import tempfile
@@ -32,43 +31,6 @@ _RULES = {  # rule -> title, for UNKNOWN findings when sshd -T cannot be run
 }
 
 
-def real_path(ctx: Context, path: str) -> Path:
-    """The audited system's ``path`` below the sysroot, with its symlinks followed inside the
-    sysroot: an absolute link (EL9's /etc/crypto-policies/back-ends/*.config) names a file of
-    the audited system, not of the host."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    done: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            del done[-1:]
-            continue
-        here = ctx.sysroot.joinpath(*done, part)
-        if not here.is_symlink():
-            done.append(part)
-            continue
-        hops += 1
-        if hops > 40:
-            raise Unreadable(path, "too many levels of symbolic links")
-        target = os.readlink(here)
-        if target.startswith("/"):
-            done = []
-        parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-    return ctx.sysroot.joinpath(*done)
-
-
-def glob_in_root(ctx: Context, pattern: str) -> list[str]:
-    """The audited system's absolute paths matching ``pattern`` (wildcards in the last part
-    only, as every stock Include has them), sorted as glob(3) sorts them in the C locale."""
-    head, _, tail = pattern.rstrip("/").rpartition("/")
-    if not glob.has_magic(tail):
-        return [pattern] if real_path(ctx, pattern).exists() else []
-    where = real_path(ctx, head or "/")
-    found = glob.glob(os.path.join(glob.escape(str(where)), tail))
-    return sorted(f"{head}/{os.path.basename(p)}" for p in found)
-
-
 def _mirror(ctx: Context, tmp: Path) -> tuple[Path, dict[str, str]]:
     """Copy sshd_config and what it includes into ``tmp``, each Include pointing at the copies.
 
@@ -81,17 +43,13 @@ def _mirror(ctx: Context, tmp: Path) -> tuple[Path, dict[str, str]]:
     def copy(path: str, depth: int) -> str:
         if depth > MAX_DEPTH:
             raise Unreadable(path, "Include nested too deeply")
-        try:
-            text = real_path(ctx, path).read_text(errors="replace")
-        except OSError as e:
-            raise Unreadable(path, e.strerror or str(e)) from None
-        lines = text.splitlines()
+        lines = ctx.text(path).splitlines()
         for i, line in enumerate(lines):
             m = _INCLUDE.match(line)
             if not m:
                 continue
             copies = [copy(p, depth + 1) for arg in m[1].split()
-                      for p in glob_in_root(ctx, _absolute(arg.strip('"')))]
+                      for p in ctx.glob(_absolute(arg.strip('"')))]
             # An Include matching nothing is no error to sshd either.
             lines[i] = f"Include {' '.join(copies)}" if copies else f"# {line}"
         dest = tmp / f"{len(names)}-{os.path.basename(path)}"

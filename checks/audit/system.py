@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import ipaddress
 import json
-import os
 import re
 import socket
 import stat
@@ -232,31 +231,26 @@ def _secrets(ctx: Context) -> list[Finding]:
 def _expand(ctx: Context, patterns: Iterable[str]) -> list[str]:
     """Absolute paths of the audited system matching ``patterns``; a plain path that is a
     directory is Unreadable (a file was expected), directories matched by globs are skipped."""
-    root = str(ctx.sysroot).rstrip("/")
     found: dict[str, None] = {}
     for pattern in patterns:
-        hits = glob.glob(glob.escape(root) + pattern, recursive=True)
-        for hit in sorted(hits):
-            if not os.path.lexists(hit):  # glob("gone/**") answers "gone/"
-                continue
-            if os.path.isdir(hit):
+        for hit in ctx.glob(pattern, recursive=True):
+            if ctx.real_path(hit).is_dir():
                 if not glob.has_magic(pattern):
-                    raise Unreadable(hit, "a directory, where a file was expected")
+                    raise Unreadable(str(ctx.path(hit)), "a directory, where a file was expected")
                 continue
-            found[hit[len(root):] or "/"] = None
+            found[hit] = None
     return list(found)
 
 
 def _judge_file(ctx: Context, path: str, *, users: dict[int, str], groups: dict[int, str],
                 owners: tuple[str, ...], group_read: bool) -> list[tuple[Status, str, str]]:
     """(severity, what is wrong, fix) for each problem with one secret file."""
-    real = ctx.path(path)
     try:
-        st = real.stat()
+        st = ctx.real_path(path).stat()
     except FileNotFoundError:
         return []  # a dangling link: nothing to read
     except OSError as e:
-        raise Unreadable(str(real), e.strerror or str(e)) from None
+        raise Unreadable(str(ctx.path(path)), e.strerror or str(e)) from None
     mode, owner = stat.S_IMODE(st.st_mode), users.get(st.st_uid, str(st.st_uid))
     group = groups.get(st.st_gid, str(st.st_gid))
     shown = f"{path} {mode:04o} {owner}:{group}"
@@ -280,11 +274,11 @@ def _judge_file(ctx: Context, path: str, *, users: dict[int, str], groups: dict[
 def _closed_parent(ctx: Context, path: str) -> str | None:
     """A directory above ``path`` that others cannot enter, if any (not "/": that is the
     sysroot's own directory when auditing an image)."""
-    for parent in Path(path).parents[:-1]:
+    for parent in list(Path(path).parents)[:-1]:  # Python 3.9's parents takes no slice
         try:
-            if not ctx.path(str(parent)).stat().st_mode & 0o001:
+            if not ctx.real_path(str(parent)).stat().st_mode & 0o001:
                 return str(parent)
-        except OSError:
+        except (OSError, Unreadable):
             continue
     return None
 

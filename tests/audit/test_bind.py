@@ -141,29 +141,22 @@ view "outside" {{
 """
 
 
-@pytest.mark.parametrize(("inside", "outside", "ok"), [
-    ("recursion yes; allow-recursion { any; };", "recursion no;", True),
-    ("recursion no;", "recursion yes; allow-recursion { any; };", False),
-    ("allow-query { any; };", "recursion no;", True),
+@pytest.mark.parametrize(("rule", "options", "inside", "outside", "ok"), [
+    ("bind.recursion", "", "recursion yes; allow-recursion { any; };", "recursion no;", True),
+    ("bind.recursion", "", "recursion no;", "recursion yes; allow-recursion { any; };", False),
+    ("bind.recursion", "", "allow-query { any; };", "recursion no;", True),
+    ("bind.allow_transfer", "recursion no;", "allow-transfer { any; };",
+     "allow-transfer { none; };", True),
+    ("bind.allow_transfer", "recursion no;", "allow-transfer { none; };",
+     "allow-transfer { any; };", False),
 ])
-def test_only_the_view_a_stranger_lands_in_is_judged_for_recursion(tmp_path, inside, outside,
-                                                                    ok):
-    found = run(tree(tmp_path, 'version "none";',
-                     extra=VIEWS.format(inside=inside, outside=outside)))
-    assert found["bind.recursion"].ok is ok
+def test_only_the_view_a_stranger_lands_in_is_judged(tmp_path, rule, options, inside, outside,
+                                                     ok):
+    found = run(tree(tmp_path, f'version "none"; {options}',
+                     extra=VIEWS.format(inside=inside, outside=outside)))[rule]
+    assert found.ok is ok
     if not ok:
-        assert "in view outside" in found["bind.recursion"].found
-
-
-@pytest.mark.parametrize(("inside", "outside", "ok"), [
-    ("allow-transfer { any; };", "allow-transfer { none; };", True),
-    ("allow-transfer { none; };", "allow-transfer { any; };", False),
-])
-def test_only_the_view_a_stranger_lands_in_is_judged_for_transfers(tmp_path, inside, outside,
-                                                                    ok):
-    found = run(tree(tmp_path, 'version "none"; recursion no;',
-                     extra=VIEWS.format(inside=inside, outside=outside)))
-    assert found["bind.allow_transfer"].ok is ok
+        assert "in view outside" in found.found
 
 
 @pytest.mark.parametrize(("zones", "problem"), [

@@ -111,3 +111,22 @@ def test_the_audit_runs_inside_steward_check_as_one_result_per_rule(tmp_path):
     assert "audit" in ids and any(i.startswith("audit:") for i in ids)
     assert not any(i.startswith("audit:system.listen") for i in ids)
     assert r.returncode == doc["exit_code"]
+
+
+def test_under_the_daemon_the_audit_runs_in_a_child_with_the_same_results(tmp_path):
+    """steward run keeps no rule family in its own memory: a child process judges them."""
+    import dataclasses
+
+    from agent.config import Config
+    from agent.env import Env
+    from checks.audit import AuditCheck
+
+    root = _system(tmp_path, selinux="permissive", crypto="LEGACY")
+    check = AuditCheck(AuditOptions(skip=("system.listen*",), min_score=90))
+    env = Env(Config("<test>"), sysroot=root)
+    here = list(check.run(env))
+    there = list(check.run(dataclasses.replace(env, keeps_state=True)))
+    assert [(r.check, r.status, r.summary, r.remedy, r.metrics) for r in there] == \
+        [(r.check, r.status, r.summary, r.remedy, r.metrics) for r in here]
+    assert next(r for r in there if r.check == "audit").status is Status.WARN  # below 90 %
+    assert any(r.check == "audit:selinux.mode" and r.status is Status.CRIT for r in there)

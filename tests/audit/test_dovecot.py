@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from agent.system.commands import CommandRunner
 from checks.audit import dovecot
 from checks.audit.base import TOOL_PATH, Context
 from checks.audit.options import AuditOptions
+from tests.audit.helpers import NoTools, findings, pass_every_rule
 
 DOVECONF = shutil.which("doveconf", path=TOOL_PATH)
 needs_doveconf = pytest.mark.skipif(DOVECONF is None, reason="doveconf is not installed "
@@ -42,14 +44,7 @@ def make(root: Path, ssl: dict[str, str | None] | None = None,
     return root
 
 
-class NoTools(Context):
-    def tool(self, name: str) -> str | None:
-        return None
-
-
-def audit(root: Path, fallback: bool = False) -> dict[str, dovecot.Finding]:
-    ctx = (NoTools if fallback else Context)(root, AuditOptions(), CommandRunner())
-    return {f.rule: f for f in dovecot.audit(ctx)}
+audit = partial(findings, dovecot.audit)  # (root, fallback=False) -> {rule: Finding}
 
 
 def apply(remedy: str, root: Path) -> None:
@@ -69,12 +64,8 @@ def apply(remedy: str, root: Path) -> None:
 
 @needs_doveconf
 def test_a_hardened_configuration_passes_every_rule_with_every_field_filled(tmp_path):
-    found = audit(make(tmp_path))
-    assert set(found) == {r[0] for r in dovecot.RULES}
-    for f in found.values():
-        assert f.status is Status.OK, f
-        assert f.title and f.rationale and f.found and f.expected and f.remedy
-        assert f.source == f"{DOVECONF} -c {tmp_path}/etc/dovecot/dovecot.conf"
+    pass_every_rule(audit(make(tmp_path)), dovecot.RULES,
+                    f"{DOVECONF} -c {tmp_path}/etc/dovecot/dovecot.conf")
 
 
 POP3_YES = "protocol pop3 {\n  ssl = yes\n}\n"
@@ -159,7 +150,7 @@ def test_a_config_doveconf_rejects_is_unknown_naming_doveconf_and_the_file(tmp_p
                                                                            says):
     found = dovecot.audit(Context(make(tmp_path, extra=broken + "\n"), AuditOptions(),
                                   CommandRunner()))
-    assert [f.rule for f in found] == [r[0] for r in dovecot.RULES]
+    assert [f.rule for f in found] == [r.rule for r in dovecot.RULES]
     for f in found:
         assert f.status is Status.UNKNOWN
         assert f.found.startswith(f"{DOVECONF} -c {tmp_path}/etc/dovecot/dovecot.conf")
@@ -193,6 +184,14 @@ def test_without_doveconf_the_files_are_parsed_to_the_same_verdicts(tmp_path, ca
     by_tool = audit(tmp_path)
     assert {r: (f.status, f.found, f.remedy) for r, f in by_files.items()} == \
         {r: (f.status, f.found, f.remedy) for r, f in by_tool.items()}
+
+
+def test_without_doveconf_an_absolute_include_is_read_inside_the_sysroot(tmp_path):
+    make(tmp_path, extra="!include /etc/dovecot/site.conf\n!include_try /etc/dovecot/s*.conf\n")
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv/site.conf").write_text("protocol pop3 {\n  ssl = yes\n}\n")
+    (tmp_path / "etc/dovecot/site.conf").symlink_to("/srv/site.conf")
+    assert audit(tmp_path, fallback=True)["dovecot.ssl"].found == "ssl = required (pop3: yes)"
 
 
 @pytest.mark.parametrize(("broken", "says"), [

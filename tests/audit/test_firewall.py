@@ -49,8 +49,9 @@ def sysroot(root: Path, units: Sequence[str] = APPLIANCE_UNITS,
     etc = root / "etc/firewalld"
     etc.mkdir(parents=True)
     (etc / "firewalld.conf").write_text(f"DefaultZone={default}\nFirewallBackend=nftables\n")
-    (root / "usr/lib").mkdir(parents=True)
-    (root / "usr/lib/firewalld").symlink_to("/usr/lib/firewalld")
+    # a copy: a link to the host's would be followed inside the sysroot, back to itself
+    for kind in ("zones", "services"):
+        shutil.copytree(f"/usr/lib/firewalld/{kind}", root / f"usr/lib/firewalld/{kind}")
     wants = root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True)
     for unit in units:

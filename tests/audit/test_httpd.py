@@ -58,42 +58,38 @@ def test_hardened_tree_passes_every_rule(tmp_path):
     assert {r: f.status for r, f in found.items()} == dict.fromkeys(found, Status.OK)
 
 
+# rule -> (server-level lines that pass it, lines that fail it); "" leaves httpd's default
+SERVER_LEVEL = {
+    "httpd.server_tokens": (
+        ["ServerTokens Prod", "servertokens productonly",
+         "ServerTokens Full\nServerTokens Prod",  # the last one wins
+         "ServerTokens \\\n    Prod",  # a continued line
+         "<IfModule ssl_module>\nServerTokens Prod\n</IfModule>",
+         "<IfModule mod_ssl.c>\nServerTokens Prod\n</IfModule>",
+         "<IfDefine !HARDEN>\nServerTokens Prod\n</IfDefine>",
+         "Define HARDEN\n<IfDefine HARDEN>\nServerTokens Prod\n</IfDefine>"],
+        ["",  # Full
+         "ServerTokens OS", "ServerTokens Full", "# ServerTokens Prod",
+         "<IfModule !mod_ssl.c>\nServerTokens Prod\n</IfModule>",
+         "<IfModule mod_nothing.c>\nServerTokens Prod\n</IfModule>",
+         "<IfDefine HARDEN>\nServerTokens Prod\n</IfDefine>"]),
+    "httpd.server_signature": (["", "ServerSignature Off"],  # "": Off
+                               ["ServerSignature On", "ServerSignature EMail"]),
+    "httpd.trace_enable": (["TraceEnable Off"],
+                           ["", "TraceEnable On", "TraceEnable extended"]),  # "": On
+    "httpd.ssl_protocol": (
+        ["",  # EL9: the crypto policy, TLS 1.2 or later
+         "SSLProtocol -all +TLSv1.2 +TLSv1.3", "SSLProtocol all -SSLv3 -TLSv1 -TLSv1.1",
+         "SSLProtocol TLSv1.2", "SSLProtocol +TLSv1.2 +TLSv1.3",
+         "SSLProtocol TLSv1 +TLSv1.2 -TLSv1"],
+        ["SSLProtocol all -SSLv3", "SSLProtocol all", "SSLProtocol -all +TLSv1.1 +TLSv1.2",
+         "SSLProtocol +TLSv1.2 TLSv1"]),  # a bare name starts over
+}
+
+
 @pytest.mark.parametrize(("server", "rule", "ok"), [
-    ("", "httpd.server_tokens", False),  # default Full
-    ("ServerTokens Prod", "httpd.server_tokens", True),
-    ("servertokens productonly", "httpd.server_tokens", True),
-    ("ServerTokens OS", "httpd.server_tokens", False),
-    ("ServerTokens Full", "httpd.server_tokens", False),
-    ("ServerTokens Full\nServerTokens Prod", "httpd.server_tokens", True),  # last one wins
-    ("ServerTokens \\\n    Prod", "httpd.server_tokens", True),  # continued line
-    ("# ServerTokens Prod", "httpd.server_tokens", False),
-    ("<IfModule ssl_module>\nServerTokens Prod\n</IfModule>", "httpd.server_tokens", True),
-    ("<IfModule mod_ssl.c>\nServerTokens Prod\n</IfModule>", "httpd.server_tokens", True),
-    ("<IfModule !mod_ssl.c>\nServerTokens Prod\n</IfModule>", "httpd.server_tokens", False),
-    ("<IfModule mod_nothing.c>\nServerTokens Prod\n</IfModule>", "httpd.server_tokens", False),
-    ("<IfDefine !HARDEN>\nServerTokens Prod\n</IfDefine>", "httpd.server_tokens", True),
-    ("Define HARDEN\n<IfDefine HARDEN>\nServerTokens Prod\n</IfDefine>",
-     "httpd.server_tokens", True),
-    ("<IfDefine HARDEN>\nServerTokens Prod\n</IfDefine>", "httpd.server_tokens", False),
-    ("", "httpd.server_signature", True),  # default Off
-    ("ServerSignature Off", "httpd.server_signature", True),
-    ("ServerSignature On", "httpd.server_signature", False),
-    ("ServerSignature EMail", "httpd.server_signature", False),
-    ("", "httpd.trace_enable", False),  # default On
-    ("TraceEnable Off", "httpd.trace_enable", True),
-    ("TraceEnable On", "httpd.trace_enable", False),
-    ("TraceEnable extended", "httpd.trace_enable", False),
-    ("", "httpd.ssl_protocol", True),  # EL9: the crypto policy, TLS 1.2 or later
-    ("SSLProtocol -all +TLSv1.2 +TLSv1.3", "httpd.ssl_protocol", True),
-    ("SSLProtocol all -SSLv3 -TLSv1 -TLSv1.1", "httpd.ssl_protocol", True),
-    ("SSLProtocol TLSv1.2", "httpd.ssl_protocol", True),
-    ("SSLProtocol +TLSv1.2 +TLSv1.3", "httpd.ssl_protocol", True),
-    ("SSLProtocol all -SSLv3", "httpd.ssl_protocol", False),
-    ("SSLProtocol all", "httpd.ssl_protocol", False),
-    ("SSLProtocol -all +TLSv1.1 +TLSv1.2", "httpd.ssl_protocol", False),
-    ("SSLProtocol +TLSv1.2 TLSv1", "httpd.ssl_protocol", False),  # a bare name starts over
-    ("SSLProtocol TLSv1 +TLSv1.2 -TLSv1", "httpd.ssl_protocol", True),
-])
+    (server, rule, ok) for rule, verdicts in SERVER_LEVEL.items()
+    for ok, lines in zip((True, False), verdicts) for server in lines])
 def test_each_server_level_rule_passes_and_fails(tmp_path, server, rule, ok):
     # The other rules' hardened lines, so only ``rule`` is under test.
     directive = {"httpd.server_tokens": "ServerTokens", "httpd.server_signature":

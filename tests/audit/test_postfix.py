@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from agent.system.commands import CommandRunner
 from checks.audit import postfix
 from checks.audit.base import TOOL_PATH, Context
 from checks.audit.options import AuditOptions
+from tests.audit.helpers import NoTools, findings, pass_every_rule
 
 POSTCONF = shutil.which("postconf", path=TOOL_PATH)
 needs_postconf = pytest.mark.skipif(POSTCONF is None, reason="postconf is not installed "
@@ -80,14 +82,7 @@ def settled(root: Path) -> Path:
     return root
 
 
-class NoTools(Context):
-    def tool(self, name: str) -> str | None:
-        return None
-
-
-def audit(root: Path, fallback: bool = False) -> dict[str, postfix.Finding]:
-    ctx = (NoTools if fallback else Context)(root, AuditOptions(), CommandRunner())
-    return {f.rule: f for f in postfix.audit(ctx)}
+audit = partial(findings, postfix.audit)  # (root, fallback=False) -> {rule: Finding}
 
 
 def apply(remedy: str, root: Path) -> None:
@@ -100,12 +95,7 @@ def apply(remedy: str, root: Path) -> None:
 
 @needs_postconf
 def test_a_hardened_configuration_passes_every_rule_with_every_field_filled(tmp_path):
-    found = audit(make(tmp_path))
-    assert set(found) == {r[0] for r in postfix.RULES}
-    for f in found.values():
-        assert f.status is Status.OK, f
-        assert f.title and f.rationale and f.found and f.expected and f.remedy
-        assert f.source == f"{POSTCONF} -c {tmp_path}/etc/postfix"
+    pass_every_rule(audit(make(tmp_path)), postfix.RULES, f"{POSTCONF} -c {tmp_path}/etc/postfix")
 
 
 WITH_SMTP = SUBMISSION + REST  # master.cf without the port 25 line, to prepend one
@@ -246,7 +236,11 @@ ALIAS_CASES = [
     ("postfix.root_alias", "postmaster: root\n", Status.WARN, "root -> mailbox:root",
      'echo "root: admin@example.com" >> /etc/aliases && newaliases'),
     ("postfix.root_alias", "postmaster: root\nroot: /dev/null\n", Status.WARN,
-     "root -> /dev/null", "newaliases"),
+     "root -> /dev/null", 'change the "root:" entry in /etc/aliases to "root: admin@example.com"'
+     ", then newaliases"),  # postalias keeps the first entry: appending one changes nothing
+    ("postfix.postmaster", "postmaster: /dev/null\nroot: x@example.org\n", Status.WARN,
+     "postmaster -> /dev/null", 'change the "postmaster:" entry in /etc/aliases to '
+     '"postmaster: root"'),
     ("postfix.root_alias", "postmaster: root\nroot: \\root, alice\n", Status.OK,
      "root -> mailbox:root, mailbox:alice", ""),
     ("postfix.postmaster", "postmaster: hostmaster\nhostmaster: x@example.org\nroot: x\n",
@@ -262,6 +256,19 @@ def test_postmaster_and_root_must_be_aliased_to_someone_who_reads_mail(
     f = audit(make(tmp_path, aliases=aliases))[rule]
     assert (f.status, f.severity) == (status, Status.WARN)
     assert found in f.found and remedy in f.remedy
+
+
+@needs_postconf
+def test_a_certificate_behind_an_absolute_link_is_found_inside_the_sysroot(tmp_path):
+    make(tmp_path, {"smtpd_tls_cert_file": "/etc/pki/tls/cert.pem"})  # EL9: a link to the bundle
+    bundle = tmp_path / "etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem"
+    bundle.parent.mkdir(parents=True)
+    bundle.write_text("-----BEGIN DUMMY-----\n")
+    (tmp_path / "etc/pki/tls/cert.pem").symlink_to("/etc/pki/ca-trust/extracted/pem/"
+                                                   "tls-ca-bundle.pem")
+    assert audit(tmp_path)["postfix.tls_cert"].status is Status.OK
+    bundle.unlink()
+    assert "missing: /etc/pki/tls/cert.pem" in audit(tmp_path)["postfix.tls_cert"].found
 
 
 @needs_postconf
@@ -311,7 +318,7 @@ def test_a_broken_configuration_is_unknown_naming_postconf_and_the_file(tmp_path
         (conf / "master.cf").write_text("smtp inet n - n smtpd\n")
     settled(tmp_path)
     found = postfix.audit(Context(tmp_path, AuditOptions(), CommandRunner()))
-    assert [f.rule for f in found] == [r[0] for r in postfix.RULES]
+    assert [f.rule for f in found] == [r.rule for r in postfix.RULES]
     for f in found:
         assert f.status is Status.UNKNOWN
         assert f.found.startswith(f"{POSTCONF} -c {conf}") and says in f.found

@@ -263,6 +263,20 @@ def test_world_readable_dkim_key_is_critical_unless_its_directory_is_closed(
 
 
 @needs_root
+def test_a_key_behind_an_absolute_link_is_judged_inside_the_sysroot(tmp_path: Path) -> None:
+    el9_accounts(tmp_path)
+    write(tmp_path, "/etc/letsencrypt/archive/mail/privkey1.pem", "KEY", 0o644)
+    (tmp_path / "etc/pki/tls/private").mkdir(parents=True)
+    (tmp_path / "etc/pki/tls/private/mail.key").symlink_to(
+        "/etc/letsencrypt/archive/mail/privkey1.pem")
+    f = by_rule(system.audit(context(tmp_path)))["system.tls_keys"]
+    assert f.status is Status.CRIT
+    assert f.found == ("/etc/pki/tls/private/mail.key 0644 root:root is accessible to everyone; "
+                       "/etc/letsencrypt/archive/mail/privkey1.pem 0644 root:root is accessible "
+                       "to everyone")
+
+
+@needs_root
 def test_keys_named_in_the_keytable_are_checked_too(tmp_path: Path) -> None:
     el9_accounts(tmp_path)
     write(tmp_path, "/etc/opendkim/KeyTable", "# id domain:selector:key\n"

@@ -22,7 +22,7 @@ REGISTRY = discover()
 BAD = [
     ("[chekcs.disk]\n", r"chekcs: unknown table \(accepted: checks, restart, notify, backup\)"),
     ("[checks.dsk]\nwarn = '80'\n",
-     r"checks\.dsk: unknown check \(accepted: disk, .*load, .*memory, "),
+     r"checks\.dsk: unknown check \(accepted: audit, disk, .*load, .*memory, "),
     ("[checks.disk]\nwran = '80'\n",
      r"checks\.disk\.wran: unknown key \(accepted: enabled, timeout, interval, tolerance, "
      r"depends_on, warn, crit"),
