@@ -87,11 +87,16 @@ class Listener:
     address: str
     pid: int | None
     program: str | None
+    loopback: bool = False
+
+
+# Login services that have no business running at all, not even on loopback.
+LOGIN = frozenset(k for k, (_, severity, _) in PLAINTEXT.items() if severity is Status.CRIT)
 
 
 def listeners(ctx: Context) -> list[Listener]:
-    """Sockets that accept from the network: TCP in LISTEN, UDP bound without a peer; not
-    loopback, and not UDP in the ephemeral range (clients' sockets, e.g. a resolver's)."""
+    """Sockets that accept connections: TCP in LISTEN, UDP bound without a peer; not UDP in
+    the ephemeral range (clients' sockets, e.g. a resolver's). Loopback ones are marked."""
     try:
         low, high = (int(x) for x in (ctx.read("/proc/sys/net/ipv4/ip_local_port_range")
                                       or "32768 60999").split())
@@ -101,10 +106,10 @@ def listeners(ctx: Context) -> list[Listener]:
     for c in psutil.net_connections(kind="inet"):
         tcp = c.type == socket.SOCK_STREAM
         if (tcp and c.status != psutil.CONN_LISTEN) or (not tcp and c.raddr) or not c.laddr \
-                or _loopback(c.laddr.ip) or (not tcp and low <= c.laddr.port <= high):
+                or (not tcp and low <= c.laddr.port <= high):
             continue
         out.append(Listener(c.laddr.port, "tcp" if tcp else "udp", c.laddr.ip, c.pid,
-                            _program(c.pid)))
+                            _program(c.pid), _loopback(c.laddr.ip)))
     return out
 
 
@@ -136,9 +141,13 @@ def _listening(ctx: Context) -> list[Finding]:
         return []  # sockets exist only on the running system
     allow = [*EXPECTED, *ctx.options.allow_ports]
     groups: dict[tuple[int, str], list[Listener]] = {}
+    local: dict[tuple[int, str], list[Listener]] = {}  # plaintext login services on loopback
     try:
         for s in listeners(ctx):
-            groups.setdefault((s.port, s.proto), []).append(s)
+            if not s.loopback:
+                groups.setdefault((s.port, s.proto), []).append(s)
+            elif (s.port, s.proto) in LOGIN:
+                local.setdefault((s.port, s.proto), []).append(s)
     except psutil.Error as e:  # e.g. AccessDenied when not run as root
         return [unknown("system.listen", "Only the appliance's ports open to the network",
                         f"listing sockets (psutil): {type(e).__name__}: {e}")]
@@ -165,6 +174,20 @@ def _listening(ctx: Context) -> list[Finding]:
                 f"{stop}; or, if it must be reachable, add \"{port}/{proto}\" to allow_ports "
                 "in [checks.audit]", "Every service listening on the network is attack "
                 "surface, and the firewall is the only thing in front of it."))
+    for (port, proto), socks in sorted(local.items()):
+        if (port, proto) in groups:
+            continue  # already reported, open to the network
+        name, _, why = PLAINTEXT[(port, proto)]
+        unit = next((u for u in map(_unit, (s.pid for s in socks)) if u), None)
+        stop = f"systemctl disable --now {unit}" if unit else "stop and disable the program"
+        plain.append(Finding(
+            f"system.plaintext.{name}", f"No plaintext {name} on the network", False,
+            f"{port}/{proto} on {', '.join(sorted({s.address for s in socks}))} by "
+            + ", ".join(sorted({f"{s.program or '?'} (pid {s.pid})" if s.pid else "?"
+                                for s in socks})) + " (loopback only)",
+            f"{name} not running", f"{stop}; use ssh/sftp instead",
+            why + "; on loopback it is not reachable from the network, but any local user or "
+            "a forwarded port reaches it, and nothing on an appliance needs it."))
     ok = [] if plain else [Finding("system.plaintext", "No plaintext login services on the "
                                    "network", True, "none listening", "none", "")]
     if not odd:

@@ -201,9 +201,34 @@ def test_plaintext_services_in_a_private_network_namespace() -> None:
     status, text, remedy, why = found["system.plaintext.imap"]
     assert status == "WARN" and text.startswith("143/tcp on ::") and "ssl = required" in why
     assert "ssl = required" in remedy
-    assert "system.plaintext.pop3" not in found  # loopback only
+    assert "system.plaintext.pop3" not in found  # IMAP/POP3 on loopback: webmail's, fine
     assert "system.plaintext" not in found
     assert found["system.listen"][0] == "OK"  # 25/tcp is the appliance's; nothing else open
+
+
+@needs_root
+def test_a_plaintext_login_service_on_loopback_is_found_and_not_once_closed() -> None:
+    """Port 23 on 127.0.0.1 in a private network namespace (so it cannot collide with the
+    host's): a telnet listener only local users reach is still WARN; closed, it is gone."""
+    done = subprocess.run(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "-",
+                           sys.executable, "-c", _IN_NETNS + _CLOSE_AND_AGAIN,
+                           json.dumps([(socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", 23)])],
+                          capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+    assert done.returncode == 0, done.stderr
+    listening, closed = (dict((rule, (status, text)) for rule, status, text, *_ in json.loads(x))
+                         for x in done.stdout.splitlines())
+    status, text = listening["system.plaintext.telnet"]
+    assert status == "WARN" and text.startswith(f"23/tcp on 127.0.0.1 by {_ME}")
+    assert text.endswith("(loopback only)")
+    assert "system.plaintext.telnet" not in closed and closed["system.plaintext"][0] == "OK"
+
+
+_CLOSE_AND_AGAIN = """
+for s in socks:
+    s.close()
+found = system.audit(Context(Path("/"), AuditOptions(), CommandRunner()))
+print(json.dumps([[f.rule, f.status.name, f.found, f.remedy, f.rationale] for f in found]))
+"""
 
 
 # --- secrets -------------------------------------------------------------------------------
