@@ -48,7 +48,7 @@ NETWORKS = listing(Parser(_network, 'an address or network like "192.0.2.0/24"')
 class AuditOptions(CheckOptions):
     """The security audit (``steward audit``; under ``steward run`` every ``interval``)."""
 
-    interval: float = option(3600.0, number(60, 604800), "seconds between audits under "
+    interval: float = option(3600.0, number(1, 604800), "seconds between audits under "
                              "steward run")
     timeout: float = option(120.0, number(1, 3600), "seconds before the audit is UNKNOWN")
     min_score: int = option(0, number(0, 100, integer=True), "hardening score (percent) "

@@ -307,8 +307,8 @@ def _closed_parent(ctx: Context, path: str) -> str | None:
 
 
 def _security_updates(ctx: Context) -> list[Finding]:
-    """Hook for steward's patch feature, which will record what dnf found in PENDING as
-    {"security": N, "checked": epoch}; until a system has that file there is no finding."""
+    """What the ``updates`` check (under steward run) last found, from PENDING: {"security":
+    N, "checked": epoch, ...} (patch.pending.write_state); no file there, no finding."""
     title = "No pending security updates"
     try:
         text = ctx.read(PENDING)
@@ -325,5 +325,6 @@ def _security_updates(ctx: Context) -> list[Finding]:
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(checked)) if checked else "unknown"
     return [Finding("system.security_updates", title, count == 0,
                     f"{count} security updates pending (checked {when})", "0 pending",
-                    "steward patch (or dnf upgrade --security) in the next maintenance window",
+                    "steward patch apply --security (or dnf upgrade --security) in the next "
+                    "maintenance window",
                     "Published security fixes are what attackers try first.", source=PENDING)]
