@@ -24,6 +24,7 @@ from agent.runner import Selector, resolve, run_all
 from agent.state import StateDir, StateError
 from backup import cli as backup_cli
 from checks.audit import cli as audit_cli
+from patch import cli as patch_cli
 
 EXIT_USAGE = 2
 log = logging.getLogger("steward")
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon_cli.add_parsers(sub, lambda p: _common(p, top=False))
     backup_cli.add_parsers(sub, lambda p: _common(p, top=False))
     audit_cli.add_parsers(sub, lambda p: _common(p, top=False))
+    patch_cli.add_parsers(sub, lambda p: _common(p, top=False))
 
     cfg = sub.add_parser("config", help="validate or show the configuration",
                          description="Validate or show the configuration.")
@@ -201,6 +203,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return audit_cli.run(args, env, audit_cli.options_of(env))
 
 
+def cmd_patch(args: argparse.Namespace) -> int:
+    registry, env = _setup(args)
+    return patch_cli.run(args, env, registry)
+
+
 HANDLERS = {
     "check": cmd_check,
     "config": cmd_config,
@@ -212,6 +219,7 @@ HANDLERS = {
     "notify": cmd_notify,
     "backup": cmd_backup,
     "audit": cmd_audit,
+    "patch": cmd_patch,
 }
 
 

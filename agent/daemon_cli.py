@@ -108,6 +108,9 @@ def cmd_status(state: StateDir, as_json: bool) -> int:
         extra = " [inhibited by " + c["inhibited_by"] + "]" if c["inhibited_by"] else ""
         extra += " [maintenance]" if c["maintenance"] else ""
         print(f"{c['status']:<7} {cid:<28} since {_when(c['since'])}  {c['summary']}{extra}")
+    patch = status.get("patch") or {}
+    if patch.get("schedule"):
+        print(f"patch window: {patch['schedule']}; next start {patch.get('next_start') or '-'}")
     for unit, u in status["units"].items():
         line = f"restarts of {unit}: {u['restarts']} of {u['budget']} in the window"
         if u["last_action"]:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -71,6 +72,7 @@ class Supervisor:
         self._saved = self.memory.essence()
         self._status_text = ""
         self._last_checks: dict[str, Any] | None = None
+        self.patcher: Any = None  # patch.window.PatchScheduler while [patch] schedule is set
         self._configure(env)
         self.watcher = watcher(self._unit_changed) if watcher else None
 
@@ -88,6 +90,18 @@ class Supervisor:
         service = self.env.config.checks.get("service")
         self.watched = set(getattr(service, "units", None) or ())
         self.results: dict[str, Result] = {}  # the latest of each configured check
+        opts = self.env.config.patch
+        if opts.parsed_schedule is None:
+            self.patcher = None
+        elif self.patcher is None or self.patcher.options != opts:  # a reload keeps its draw
+            from patch.window import PatchScheduler  # APScheduler loads only with a window
+
+            argv = [sys.executable, "-m", "agent", "patch", "apply",
+                    "--state-dir", str(self.state.path)]
+            if self.config_path is not None:
+                argv += ["--config", str(Path(self.config_path).absolute())]
+            self.patcher = PatchScheduler(opts, self.state.path, self.env.commands,
+                                          clock=self.env.clock, argv=argv)
 
     def _tolerance(self, check_id: str) -> tuple[int, int]:
         opts = self.env.config.checks.get(check_id.split(":", 1)[0])
@@ -136,6 +150,7 @@ class Supervisor:
         self._notifier().start()
         log.info("steward run: %d checks, state in %s", len(self.jobs), self.state.path)
         try:
+            self._send(self._after_patch_reboot())
             self.run_pass()
             self.sd.send(ready="1", status=self._status_text)
             while not self._stop:
@@ -188,10 +203,47 @@ class Supervisor:
         alerts, restarts = self.policy.evaluate(results, now, self.state.maintenance())
         for rs in restarts:
             alerts += self._restart(rs, now)
+        alerts += self._patch_window(now)
         self._send(alerts)
         self._notifier().tick(now, self.memory.checks)
         self._persist()
         self.sd.send(watchdog="1", status=self._status_text)
+
+    def _patch_window(self, now: float) -> list[Alert]:
+        """Start ``steward patch apply`` as its own transient unit when the window opens;
+        a window missed or given up is an alert (the apply mails its own report)."""
+        if self.patcher is None:
+            return []
+        try:
+            events = self.patcher.tick()
+        except Exception:  # a broken patch window must not stop supervision
+            log.exception("patch window failed")
+            return []
+        for e in events:
+            log.info("patch window: %s%s", e.summary, f" ({e.detail})" if e.detail else "")
+        return [Alert("patch", "patch:window", Status.CRIT if e.kind == "gave-up" else
+                      Status.WARN, e.summary, details=e.detail,
+                      remedy="journalctl -u 'steward-patch-*'; steward patch apply by hand",
+                      since=now) for e in events if e.alert]
+
+    def _after_patch_reboot(self) -> list[Alert]:
+        """At start: did the reboot a patch run asked for happen? (Health after it is the
+        first pass, whose problems are alerts of their own.)"""
+        if not (self.state.path / "patch" / "reboot.json").exists():
+            return []
+        from patch.rebooting import after_reboot
+
+        try:
+            news = after_reboot(self.state.path)
+        except Exception:
+            log.exception("cannot read the patch reboot marker")
+            return []
+        if news is None:
+            return []
+        return [Alert("patch", "patch:reboot", Status.OK if news.happened else Status.CRIT,
+                      news.summary, remedy="" if news.happened else
+                      "reboot in the next maintenance window: systemctl reboot",
+                      since=time.time())]
 
     def _restart(self, rs: Restart, now: float) -> list[Alert]:
         systemd = self.env.systemd
@@ -257,7 +309,9 @@ class Supervisor:
         watch = "D-Bus signals" if self.watcher and self.watcher.connected else \
             f"polling every {POLL_WITHOUT_DBUS:g} s" + (
                 f" ({self.watcher.error})" if self.watcher and self.watcher.error else "")
+        patch = self.patcher.status() if self.patcher is not None else {"schedule": None}
         return {"pid": os.getpid(), "config": self.env.config.source, "watch": watch,
+                "patch": patch,
                 "maintenance": {"until": maint.until, "units": maint.units,
                                 "active": maint.active(now)},
                 "checks": checks, "units": units}

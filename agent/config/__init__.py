@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config.backup import BackupOptions
+from agent.config.patch import PatchOptions
 from agent.config.schema import _ABSENT, CheckOptions, ConfigError, build
 from agent.config.sections import EmailOptions, RestartOptions
 
@@ -29,6 +30,7 @@ SECTIONS: Mapping[str, tuple[str, type[Any]]] = {
     "restart": ("restart", RestartOptions),
     "notify.email": ("email", EmailOptions),
     "backup": ("backup", BackupOptions),
+    "patch": ("patch", PatchOptions),
 }
 TABLES = ("checks", *dict.fromkeys(p.split(".")[0] for p in SECTIONS))
 
@@ -45,6 +47,7 @@ class Config:
     restart: RestartOptions = field(default_factory=RestartOptions)
     email: EmailOptions = field(default_factory=EmailOptions)
     backup: BackupOptions = field(default_factory=BackupOptions)
+    patch: PatchOptions = field(default_factory=PatchOptions)
 
 
 def load(path: Path | None, plugins: Mapping[str, type[Any]],

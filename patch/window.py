@@ -1,0 +1,399 @@
+"""The patch window under ``steward run``: when it opens (an APScheduler CronTrigger built from
+``[patch] schedule``), what a window missed while steward was down means (``catch_up``), and
+starting ``steward patch apply`` as a transient systemd unit outside steward's own cgroup, so
+that restarting steward or upgrading its package cannot kill an apply that is running.
+
+Times are kept in UTC inside: on the day the clocks go back, two local times an hour apart
+compare equal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone, tzinfo
+from pathlib import Path
+from typing import Any, Protocol
+
+from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
+
+from agent.config.patch import PatchOptions, Schedule, parse_schedule
+from agent.fileio import write_atomic
+from agent.system.commands import CommandError, CommandRunner
+
+log = logging.getLogger(__name__)
+
+UTC = timezone.utc
+TICK = timedelta(microseconds=1)
+DEFAULT_ARGV = ("/usr/bin/steward", "patch", "apply")
+UNIT_PREFIX = "steward-patch"  # transient units are steward-patch-<stamp>; the timer's is plain
+WINDOW_END_ENV = "STEWARD_PATCH_WINDOW_END"  # tells the apply when to stop retrying
+STATE_FILE = Path("patch") / "last-window.json"
+MAX_WINDOWS = 10_000  # windows counted between the last recorded one and now (27 years daily)
+
+
+def _utc(dt: datetime) -> datetime:
+    if dt.tzinfo is None:
+        raise ValueError(f"{dt} has no time zone; pass an aware datetime")
+    return dt.astimezone(UTC)
+
+
+def _repeated(t: datetime, tz: tzinfo) -> bool:
+    """Whether ``t`` is the second occurrence of its wall-clock time (the clocks went back)."""
+    local = datetime.fromtimestamp(t.timestamp(), tz)
+    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
+
+
+class WindowTrigger(CronTrigger):  # type: ignore[misc]
+    """APScheduler's CronTrigger made safe for a patch window across DST changes.
+
+    A wall-clock time repeated when the clocks go back opens one window, not two (as systemd
+    timers do); the jitter is added in real time (APScheduler 3 adds it to the wall clock,
+    an hour longer across a change).  A time skipped when the clocks go forward is read with
+    the offset before the change (02:30 is 03:30 summer time): systemd skips that day.
+    """
+
+    def __init__(self, *, rng: random.Random | None = None, **fields: Any) -> None:
+        super().__init__(**fields)
+        self.rng = rng or random.SystemRandom()
+
+    def _apply_jitter(self, next_fire_time: Any, jitter: Any, now: Any) -> Any:
+        return next_fire_time  # get_next_fire_time adds it, after the DST check
+
+    def window_start(self, previous_fire_time: datetime | None,
+                     now: datetime) -> datetime | None:
+        """The next window start without the random delay (CronTrigger's arguments)."""
+        t: datetime | None = super().get_next_fire_time(previous_fire_time, now)
+        while t is not None and _repeated(t, self.timezone):
+            t = super().get_next_fire_time(None, _utc(t) + TICK)
+        # Through UTC: a time skipped by the clocks going forward comes back labelled as
+        # what the clock shows then (03:30+02:00), not as the wall time asked for.
+        return None if t is None else _utc(t).astimezone(self.timezone)
+
+    def add_jitter(self, when: datetime) -> datetime:
+        """``when`` plus a random 0..jitter seconds of real time."""
+        if not self.jitter:
+            return when
+        delay = timedelta(seconds=self.rng.uniform(0, self.jitter))
+        return (_utc(when) + delay).astimezone(self.timezone)
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None,
+                           now: datetime) -> datetime | None:
+        t = self.window_start(previous_fire_time, now)
+        return None if t is None else self.add_jitter(t)
+
+
+def cron_trigger(schedule: str | Schedule, random_delay: float = 0, tz: tzinfo | None = None,
+                 rng: random.Random | None = None) -> WindowTrigger:
+    """The trigger for ``schedule`` with jitter = ``random_delay`` minutes; ``tz`` None is
+    the machine's local zone (as APScheduler finds it)."""
+    s = parse_schedule(schedule) if isinstance(schedule, str) else schedule
+    return WindowTrigger(timezone=tz, jitter=round(random_delay * 60) or None, rng=rng,
+                         **s.cron_fields())
+
+
+def _trigger(schedule: str | Schedule | WindowTrigger, tz: tzinfo | None) -> WindowTrigger:
+    return schedule if isinstance(schedule, WindowTrigger) else cron_trigger(schedule, tz=tz)
+
+
+def next_window(schedule: str | Schedule | WindowTrigger, after: datetime,
+                tz: tzinfo | None = None) -> datetime:
+    """The first window start strictly after ``after`` (aware), without the random delay, in
+    the schedule's time zone."""
+    t = _trigger(schedule, tz).window_start(None, _utc(after) + TICK)
+    if t is None:  # every grammar form recurs; only an end_date could stop it
+        raise ValueError(f"schedule {schedule!r} has no window after {after}")
+    return t
+
+
+def due_window(schedule: str | Schedule | WindowTrigger, last: datetime, now: datetime,
+               tz: tzinfo | None = None) -> tuple[datetime | None, int]:
+    """The latest window start in (last, now] and how many there were (UTC)."""
+    trigger = _trigger(schedule, tz)
+    latest, count = None, 0
+    t = trigger.window_start(None, _utc(last) + TICK)
+    while t is not None and _utc(t) <= _utc(now) and count < MAX_WINDOWS:
+        latest, count = _utc(t), count + 1
+        t = trigger.window_start(None, _utc(t) + TICK)
+    return latest, count
+
+
+@dataclass(frozen=True)
+class Missed:
+    window: datetime  # the latest window that closed without an apply (UTC)
+    count: int  # windows that closed unrun since the last recorded one
+    run: bool  # catch it up now
+    reason: str
+
+
+def catch_up_decision(schedule: str | Schedule | WindowTrigger, now: datetime, *,
+                      duration: int, catch_up: bool,
+                      tz: tzinfo | None = None) -> tuple[bool, str]:
+    """Whether a missed window is run now: only with catch_up, and only if the next window
+    does not open before a caught-up apply would have had its ``duration`` minutes."""
+    if not catch_up:
+        return False, "catch_up is off: the next window will patch"
+    upcoming = next_window(schedule, now, tz)
+    if _utc(upcoming) - _utc(now) < timedelta(minutes=duration):
+        return False, f"the next window opens at {_show(upcoming)}, sooner than a catch-up " \
+                      f"could take ({duration} min)"
+    return True, "catch_up is on: patching now"
+
+
+def missed_window(schedule: str | Schedule | WindowTrigger, last: datetime | None,
+                  now: datetime, *, duration: int, catch_up: bool,
+                  tz: tzinfo | None = None) -> Missed | None:
+    """A window that opened after ``last`` (the last one recorded in last-window.json) and
+    closed before ``now`` without an apply; None if there is none, or the latest is still
+    open (then it simply runs), or nothing was ever recorded."""
+    if last is None:
+        return None
+    trigger = _trigger(schedule, tz)
+    latest, count = due_window(trigger, last, now)
+    if latest is None or _utc(now) < latest + timedelta(minutes=duration):
+        return None
+    run, reason = catch_up_decision(trigger, now, duration=duration, catch_up=catch_up)
+    return Missed(latest, count, run, reason)
+
+
+def _show(dt: datetime) -> str:
+    return dt.strftime("%a %Y-%m-%d %H:%M %Z")
+
+
+# -- starting the apply ---------------------------------------------------------------------
+
+class PatchBusy(Exception):
+    """A steward-patch unit is still active; a second apply must not start."""
+
+    def __init__(self, units: Sequence[str]) -> None:
+        self.units = list(units)
+        super().__init__(f"a patch run is still active: {', '.join(self.units)}")
+
+
+def active_patch_units(runner: CommandRunner,
+                       systemctl: Sequence[str] = ("systemctl",)) -> list[str]:
+    """steward-patch units that are running: transient ones and the timer's oneshot service
+    (a oneshot is "activating" while it runs, so active alone would miss it)."""
+    argv = [*systemctl, "list-units", "--plain", "--no-legend", "--no-pager",
+            "--state=active,activating,deactivating,reloading", "--",
+            f"{UNIT_PREFIX}-*.service", f"{UNIT_PREFIX}.service"]
+    out = runner.run(argv, timeout=15).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def start_transient(unit_name: str, argv: Sequence[str], runner: CommandRunner, *,
+                    timeout_minutes: int = 120, description: str = "steward: dnf patching",
+                    setenv: Mapping[str, str] | None = None,
+                    systemctl: Sequence[str] = ("systemctl",),
+                    systemd_run: Sequence[str] = ("systemd-run",)) -> str:
+    """Start ``argv`` as transient unit ``unit_name`` (steward-patch-...), return its full
+    name; PatchBusy while a patch unit is active, CommandError if systemd-run fails.
+
+    Type=oneshot makes TimeoutStartSec bound the whole run (for Type=simple it bounds only
+    the fork); --no-block returns once the start is queued; --collect unloads the unit when
+    it ends, failed or not."""
+    if not unit_name.startswith(UNIT_PREFIX + "-"):
+        raise ValueError(f"unit name {unit_name!r} does not start with {UNIT_PREFIX}-")
+    busy = active_patch_units(runner, systemctl)
+    if busy:
+        raise PatchBusy(busy)
+    cmd = [*systemd_run, f"--unit={unit_name}", f"--description={description}",
+           "--property=Type=oneshot", f"--property=TimeoutStartSec={timeout_minutes}min",
+           "--collect", "--no-block",
+           *(f"--setenv={k}={v}" for k, v in (setenv or {}).items()), "--", *argv]
+    runner.run(cmd, timeout=30)
+    return f"{unit_name}.service"
+
+
+# -- the scheduler ----------------------------------------------------------------------------
+
+class WindowState:
+    """state_dir/patch/last-window.json: the last window steward handled (started, missed,
+    gave up on) or, first, when it began keeping the schedule (a baseline, not caught up)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / STATE_FILE
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            datetime.fromisoformat(data["window"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            bad = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error("%s is unreadable (%s); keeping it as %s and starting afresh (a window "
+                      "missed meanwhile is not caught up)", self.path, e, bad)
+            self.path.replace(bad)
+            return None
+        return data if isinstance(data, dict) else None
+
+    def last(self) -> datetime | None:
+        data = self.read()
+        return _utc(datetime.fromisoformat(data["window"])) if data else None
+
+    def record(self, window: datetime, outcome: str, now: datetime, unit: str = "",
+               detail: str = "") -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = {"window": _utc(window).isoformat(), "outcome": outcome,
+                "recorded": _utc(now).isoformat(), "unit": unit, "detail": detail}
+        write_atomic(self.path, json.dumps(data, indent=1) + "\n", 0o600)
+
+
+class WallClock(Protocol):
+    def now(self) -> float: ...  # seconds since the epoch (agent.system.clock.Clock)
+
+
+@dataclass
+class _Pending:
+    window: datetime  # scheduled start (UTC): what is recorded once it is handled
+    closes: datetime  # no start at or after this
+    fire_at: datetime  # the next attempt
+    catch_up: bool = False
+
+
+@dataclass(frozen=True)
+class PatchEvent:
+    kind: str  # started | retry | catch-up | missed | gave-up
+    window: datetime
+    summary: str
+    unit: str = ""
+    detail: str = ""
+
+    @property
+    def alert(self) -> bool:
+        """Whether the administrator should hear of it (the rest goes to the journal)."""
+        return self.kind in ("missed", "gave-up")
+
+
+class PatchScheduler:
+    """Decides at each ``tick()`` (every supervisor pass) whether the apply is due, and
+    starts it through systemd-run.
+
+    Computed next times rather than APScheduler's BackgroundScheduler: the supervisor already
+    wakes every few seconds, the start is one fork, and what a scheduler thread would keep in
+    memory (the last run, for catch_up) must survive restarts in a state file anyway.
+    """
+
+    def __init__(self, options: PatchOptions, state_dir: Path, runner: CommandRunner, *,
+                 clock: WallClock | None = None, tz: tzinfo | None = None,
+                 rng: random.Random | None = None, argv: Sequence[str] = DEFAULT_ARGV,
+                 systemctl: Sequence[str] = ("systemctl",),
+                 systemd_run: Sequence[str] = ("systemd-run",)) -> None:
+        self.options, self.runner, self.argv = options, runner, tuple(argv)
+        self.state = WindowState(state_dir)
+        self.clock = clock
+        self.systemctl, self.systemd_run = tuple(systemctl), tuple(systemd_run)
+        s = options.parsed_schedule
+        self.trigger = cron_trigger(s, options.random_delay, tz, rng) if s else None
+        self.tz: tzinfo = self.trigger.timezone if self.trigger else UTC
+        self.duration = timedelta(minutes=options.duration)
+        self._pending: _Pending | None = None
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.now() if self.clock else time.time(), UTC)
+
+    def _local(self, dt: datetime) -> str:
+        return _show(dt.astimezone(self.tz))
+
+    def tick(self) -> list[PatchEvent]:
+        if self.trigger is None:
+            return []
+        now = self._now()
+        events = self._plan(now) if self._pending is None else []
+        p = self._pending
+        if p is not None and p.fire_at <= now and p.closes <= now:
+            # steward was stopped or the machine suspended through the window
+            events.append(self._closed_unrun(p, now))
+            p = self._pending
+        if p is not None and p.fire_at <= now < p.closes:
+            events.append(self._attempt(p, now))
+        return events
+
+    def _regular(self, after: datetime) -> _Pending:
+        assert self.trigger is not None
+        w = _utc(next_window(self.trigger, after))
+        return _Pending(w, w + self.duration, _utc(self.trigger.add_jitter(w)))
+
+    def _plan(self, now: datetime) -> list[PatchEvent]:
+        """The first plan after a start or reload: an open window, a missed one or the next."""
+        assert self.trigger is not None
+        last = self.state.last()
+        if last is None:
+            self.state.record(now, "baseline", now, detail="schedule first seen; windows "
+                              "before this are not caught up")
+            self._pending = self._regular(now)
+            return []
+        latest, count = due_window(self.trigger, last, now)
+        if latest is None:  # max: a clock set back must not reopen a window already handled
+            self._pending = self._regular(max(now, last))
+            return []
+        if now < latest + self.duration:  # open: steward (re)started inside the window
+            self._pending = _Pending(latest, latest + self.duration,
+                                     _utc(self.trigger.add_jitter(latest)))
+            return []
+        return [self._closed_unrun(_Pending(latest, latest + self.duration, latest), now,
+                                   count)]
+
+    def _closed_unrun(self, p: _Pending, now: datetime, count: int = 1) -> PatchEvent:
+        """A window closed without a start: catch it up or record it as missed."""
+        assert self.trigger is not None
+        o = self.options
+        run, reason = (False, "it was a catch-up already") if p.catch_up else \
+            catch_up_decision(self.trigger, now, duration=o.duration, catch_up=o.catch_up)
+        what = f"patch window {self._local(p.window)} passed without an apply" + (
+            f" ({count} windows since the last recorded one)" if count > 1 else "")
+        if run:
+            self._pending = _Pending(p.window, now + self.duration,
+                                     _utc(self.trigger.add_jitter(now)), catch_up=True)
+            log.warning("%s; %s", what, reason)
+            return PatchEvent("catch-up", p.window, what + "; catching up now", detail=reason)
+        return self._finish(p, now, "missed", what, reason)
+
+    def _attempt(self, p: _Pending, now: datetime) -> PatchEvent:
+        name = f"{UNIT_PREFIX}-{now.astimezone(self.tz):%Y%m%d-%H%M%S}"
+        kind = "catch-up of the window" if p.catch_up else "window"
+        try:
+            unit = start_transient(
+                name, self.argv, self.runner, timeout_minutes=self.options.duration,
+                description=f"steward: dnf patching ({kind} {self._local(p.window)})",
+                setenv={WINDOW_END_ENV: p.closes.isoformat()},
+                systemctl=self.systemctl, systemd_run=self.systemd_run)
+        except (PatchBusy, CommandError) as e:
+            return self._retry(p, now, str(e))
+        self.state.record(p.window, "started", now, unit=unit)
+        self._pending = self._regular(now)
+        log.info("patch window %s: started %s", self._local(p.window), unit)
+        return PatchEvent("started", p.window, f"patch apply started as {unit}", unit=unit)
+
+    def _retry(self, p: _Pending, now: datetime, error: str) -> PatchEvent:
+        retry = now + timedelta(minutes=self.options.retry_interval)
+        if retry >= p.closes:
+            return self._finish(p, now, "gave-up", f"patch window {self._local(p.window)}: "
+                                "no apply could be started before it closed", error)
+        p.fire_at = retry
+        log.warning("patch window %s: could not start the apply (%s); trying again at %s",
+                    self._local(p.window), error, self._local(retry))
+        return PatchEvent("retry", p.window, f"apply not started; next try {self._local(retry)}",
+                          detail=error)
+
+    def _finish(self, p: _Pending, now: datetime, outcome: str, summary: str,
+                detail: str) -> PatchEvent:
+        self.state.record(p.window, outcome, now, detail=detail)
+        self._pending = self._regular(now)
+        log.warning("%s: %s", summary, detail)
+        return PatchEvent(outcome, p.window, summary, detail=detail)
+
+    def status(self) -> dict[str, Any]:
+        """For status.json / ``steward status``."""
+        if self.trigger is None:
+            return {"schedule": None}
+        p = self._pending
+        return {"schedule": self.options.schedule, "last": self.state.read(),
+                "window": p.window.isoformat() if p else None,
+                "next_start": p.fire_at.isoformat() if p else None,
+                "catch_up": bool(p and p.catch_up)}
