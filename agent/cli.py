@@ -25,6 +25,7 @@ from agent.state import StateDir, StateError
 from backup import cli as backup_cli
 from checks.audit import cli as audit_cli
 from patch import cli as patch_cli
+from usbimage import cli as usb_cli
 
 EXIT_USAGE = 2
 log = logging.getLogger("steward")
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup_cli.add_parsers(sub, lambda p: _common(p, top=False))
     audit_cli.add_parsers(sub, lambda p: _common(p, top=False))
     patch_cli.add_parsers(sub, lambda p: _common(p, top=False))
+    usb_cli.add_parsers(sub, lambda p: _common(p, top=False))
 
     cfg = sub.add_parser("config", help="validate or show the configuration",
                          description="Validate or show the configuration.")
@@ -208,6 +210,11 @@ def cmd_patch(args: argparse.Namespace) -> int:
     return patch_cli.run(args, env, registry)
 
 
+def cmd_usb(args: argparse.Namespace) -> int:
+    _, env = _setup(args)
+    return usb_cli.run(args, env)
+
+
 HANDLERS = {
     "check": cmd_check,
     "config": cmd_config,
@@ -220,6 +227,7 @@ HANDLERS = {
     "backup": cmd_backup,
     "audit": cmd_audit,
     "patch": cmd_patch,
+    "usb": cmd_usb,
 }
 
 

@@ -58,16 +58,20 @@ class UpdatesCheck(Check):
     options: UpdatesOptions
 
     def run(self, env: Env) -> Iterable[Result]:
-        from patch.dnf import Dnf, DnfError, DnfNotInstalled
-        from patch.pending import look, read_state, write_state
-
         root = None if env.sysroot == env.sysroot.parent else env.sysroot  # "/" is itself
         if not env.keeps_state and root is None:
             # A one-shot steward check (Nagios every few minutes) judges the daemon's last
             # look while it is younger than the interval: dnf is slow and refreshes metadata.
+            from patch.pending import read_state
+
             last = read_state(env.state_dir)
             if last is not None and 0 <= env.clock.now() - last.checked < self.options.interval:
                 return [self.judge(last, env.clock.now())]
+        if env.commands.which("dnf") is None:
+            return []  # no dnf here; and the daemon never loads the dnf adapter (~1 MB)
+        from patch.dnf import Dnf, DnfError, DnfNotInstalled
+        from patch.pending import look, write_state
+
         dnf = Dnf(env.commands, root, timeout=self.options.timeout)
         try:
             pending = look(dnf, env.clock.now())

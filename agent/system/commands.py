@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,10 @@ class CommandRunner:
         base = dict(os.environ if env is None else env)
         base.update(LC_ALL="C", LANG="C")
         self._env = base
+
+    def which(self, program: str) -> str | None:
+        """Where ``program`` would be found on this runner's PATH (None: not installed)."""
+        return shutil.which(program, path=self._env.get("PATH", os.defpath))
 
     def run(self, argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT,
             ok_codes: Sequence[int] = (0,), input: str | None = None) -> Completed:

@@ -9,6 +9,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import ClassVar
 
 from agent.env import Env
@@ -72,6 +73,9 @@ def score_result(findings: Sequence[Finding], min_score: int) -> Result:
                   restartable=False)
 
 
+CHILD = "import sys; sys.path.insert(0, sys.argv[1]); from checks.audit.child import main; main()"
+
+
 class AuditCheck(Check):
     """The audit as a check: one result per rule plus the score."""
 
@@ -89,7 +93,10 @@ class AuditCheck(Check):
     def _in_child(self, env: Env) -> list[Result]:
         from checks.audit import child
 
-        done = env.commands.run([sys.executable, "-m", "checks.audit.child"],
+        # The child imports steward from where this process found it, however steward was
+        # installed or started (a venv, an RPM, a wrapper that extends sys.path).
+        home = str(Path(child.__file__).resolve().parents[2])
+        done = env.commands.run([sys.executable, "-c", CHILD, home],
                                 input=child.request(str(env.sysroot), self.options),
                                 timeout=max(1.0, self.options.timeout - 1))
         try:

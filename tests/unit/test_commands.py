@@ -47,3 +47,8 @@ def test_overrun_is_killed_at_the_timeout():
 def test_missing_program_is_a_typed_error():
     with pytest.raises(CommandNotFound, match="command not found"):
         CommandRunner().run(["steward-no-such-program"])
+
+
+def test_which_looks_on_the_runners_own_path(tmp_path):
+    assert CommandRunner({"PATH": "/usr/bin:/bin"}).which("sh") in ("/usr/bin/sh", "/bin/sh")
+    assert CommandRunner({"PATH": str(tmp_path)}).which("sh") is None
