@@ -197,7 +197,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     _, env = _setup(args)
-    return backup_cli.run(args, env.config.backup)
+    return backup_cli.run(args, env.config.backup, env)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -73,6 +73,7 @@ class Supervisor:
         self._status_text = ""
         self._last_checks: dict[str, Any] | None = None
         self.patcher: Any = None  # patch.window.PatchScheduler while [patch] schedule is set
+        self.usb: Any = None  # usbimage.monitor.DriveMonitor: steward drives plugged in
         self._configure(env)
         self.watcher = watcher(self._unit_changed) if watcher else None
 
@@ -102,6 +103,16 @@ class Supervisor:
                 argv += ["--config", str(Path(self.config_path).absolute())]
             self.patcher = PatchScheduler(opts, self.state.path, self.env.commands,
                                           clock=self.env.clock, argv=argv)
+        if self.usb is None:
+            from usbimage.monitor import DriveMonitor
+
+            argv = [sys.executable, "-m", "agent", "backup", "create", "--usb",
+                    "--state-dir", str(self.state.path)]
+            if self.config_path is not None:
+                argv += ["--config", str(Path(self.config_path).absolute())]
+            self.usb = DriveMonitor(self.env.config.usb, self.env.commands, argv,
+                                    wake=self._wake.set)
+        self.usb.options = self.env.config.usb  # a reload changes what an insertion does
 
     def _tolerance(self, check_id: str) -> tuple[int, int]:
         opts = self.env.config.checks.get(check_id.split(":", 1)[0])
@@ -147,6 +158,7 @@ class Supervisor:
             signal.signal(sig, self._signal)
         if self.watcher:
             self.watcher.start()
+        self.usb.start()
         self._notifier().start()
         log.info("steward run: %d checks, state in %s", len(self.jobs), self.state.path)
         try:
@@ -167,6 +179,7 @@ class Supervisor:
             self._notifier().stop()
             if self.watcher:
                 self.watcher.stop()
+            self.usb.stop()
         log.info("steward run: stopped")
         return 0
 
@@ -204,6 +217,7 @@ class Supervisor:
         for rs in restarts:
             alerts += self._restart(rs, now)
         alerts += self._patch_window(now)
+        alerts += self.usb.alerts(now)
         self._send(alerts)
         self._notifier().tick(now, self.memory.checks)
         self._persist()

@@ -8,10 +8,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config.backup import BackupOptions
 from agent.errors import UsageError
+
+if TYPE_CHECKING:
+    from agent.env import Env
+    from backup.create import Outcome
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -31,13 +35,21 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     c = bsub.add_parser("create", help="write a new generation",
                         description="Write a new generation: every local filesystem below the "
                         "source, excludes applied, archives read back before the generation is "
-                        "committed; then the oldest beyond [backup] keep are deleted. Exit 0 "
-                        "when committed, 1 when the backup failed (nothing committed).")
+                        "committed; then the oldest beyond [backup] keep are deleted. With "
+                        "--usb, onto the steward drive: found by its label (STEWARD-DATA), "
+                        "mounted, written to, unmounted, and a report mailed ([notify.email]). "
+                        "Exit 0 when committed, 1 when the backup failed (nothing committed), "
+                        "2 with --usb when no steward drive or several are attached.")
     target(c)
     c.add_argument("--source", type=Path, metavar="DIR", default=Path("/"),
                    help="back up this tree alone (default /, the whole system)")
     c.add_argument("--jobs", type=int, metavar="N", help="archives written at once "
                    "(default: [backup] jobs)")
+    c.add_argument("--usb", action="store_true",
+                   help="back up to the steward drive's generations folder instead of --target "
+                   "and mail a report")
+    c.add_argument("--device", metavar="DEV", help="with --usb: which steward drive, when "
+                   "several are attached (its data partition or its disk, e.g. /dev/sdb)")
     ls = bsub.add_parser("list", help="the generations on the target",
                          description="The committed generations, oldest first.")
     target(ls)
@@ -70,9 +82,12 @@ def _target(args: argparse.Namespace, opts: BackupOptions) -> Path:
     return target
 
 
-def run(args: argparse.Namespace, opts: BackupOptions) -> int:
+def run(args: argparse.Namespace, opts: BackupOptions, env: Env | None = None) -> int:
+    """``steward backup ...``; ``env`` (the agent's) is needed by ``create --usb`` only."""
     from backup.store import Store, StoreError
 
+    if args.backup_command == "create" and (args.usb or args.device):
+        return _create_usb(args, opts, env)
     target = _target(args, opts)
     try:
         if args.backup_command == "create":
@@ -87,36 +102,66 @@ def run(args: argparse.Namespace, opts: BackupOptions) -> int:
         raise UsageError(str(e)) from None
 
 
-def _create(args: argparse.Namespace, opts: BackupOptions, target: Path) -> int:
-    from backup.create import BackupError, create
-    from backup.progress import human
-
-    source = args.source
-    if not source.is_dir():
-        raise UsageError(f"--source {source}: not a directory")
+def _source(args: argparse.Namespace) -> str:
+    if not args.source.is_dir():
+        raise UsageError(f"--source {args.source}: not a directory")
     if args.jobs is not None and not 1 <= args.jobs <= 64:
         raise UsageError(f"--jobs {args.jobs}: accepted 1 to 64")
+    return os.path.realpath(str(args.source))
+
+
+def committed_lines(out: Outcome, target: Path, keep: int) -> list[str]:
+    """What a committed generation is, for stdout and the USB report."""
+    from backup.progress import human
+
+    t = out.manifest["totals"]
+    segs = len(out.manifest["segments"])
+    lines = [f"generation {out.generation.id} committed in {target}: {t['entries']} entries, "
+             f"{human(t['bytes'])} -> {human(t['stored'])} (written {human(t['written'])}, "
+             f"{t['reused_segments']} of {segs} archives reused), "
+             f"{out.manifest['seconds']:.1f} s, read back and verified"]
+    if out.manifest["warnings"]:
+        lines.append(f"{len(out.manifest['warnings'])} warnings (see manifest.json), first: "
+                     f"{out.manifest['warnings'][0]}")
+    lines += [f"deleted generation {gen} ([backup] keep = {keep})" for gen in out.dropped]
+    return lines
+
+
+def _create(args: argparse.Namespace, opts: BackupOptions, target: Path) -> int:
+    from backup.create import BackupError, create
+
+    source = _source(args)
     try:
-        out = create(os.path.realpath(source), target, opts, jobs=args.jobs)
+        out = create(source, target, opts, jobs=args.jobs)
     except BackupError as e:
         print(f"steward: backup failed, nothing committed: {e}", file=sys.stderr)
         return 1
-    t = out.manifest["totals"]
-    segs = len(out.manifest["segments"])
-    print(f"generation {out.generation.id} committed in {target}: {t['entries']} entries, "
-          f"{human(t['bytes'])} -> {human(t['stored'])} (written {human(t['written'])}, "
-          f"{t['reused_segments']} of {segs} archives reused), "
-          f"{out.manifest['seconds']:.1f} s, read back and verified")
-    if out.manifest["warnings"]:
-        print(f"{len(out.manifest['warnings'])} warnings (see manifest.json), first: "
-              f"{out.manifest['warnings'][0]}")
-    for gen in out.dropped:
-        print(f"deleted generation {gen} ([backup] keep = {opts.keep})")
+    print("\n".join(committed_lines(out, target, opts.keep)))
     if out.hook_failures:
         print("steward: the backup is committed, but " + "; ".join(out.hook_failures),
               file=sys.stderr)
         return 1
     return 0
+
+
+def _create_usb(args: argparse.Namespace, opts: BackupOptions, env: Env | None) -> int:
+    from usbimage.usbbackup import backup_to_usb, mail_report
+
+    if not args.usb:
+        raise UsageError("--device picks the drive for --usb; for a folder use --target")
+    if args.target is not None:
+        raise UsageError("--usb writes to the steward drive; leave out --target")
+    if env is None:
+        raise UsageError("backup create --usb needs steward's configuration (its report is "
+                         "mailed through [notify.email])")
+    job = backup_to_usb(_source(args), opts, env.config.usb, device=args.device,
+                        runner=env.commands, jobs=args.jobs)
+    if job.failure:
+        print(f"steward: backup to {job.drive.device} failed: {job.failure}", file=sys.stderr)
+    for problem in job.problems:
+        print(f"steward: {problem}", file=sys.stderr)
+    mail_report(job, env.config.email, env.state_dir, sys.stdout)
+    return job.code
 
 
 def _list(store: Any, fmt: str) -> int:

@@ -14,6 +14,7 @@ from agent.config.backup import BackupOptions
 from agent.config.patch import PatchOptions
 from agent.config.schema import _ABSENT, CheckOptions, ConfigError, build
 from agent.config.sections import EmailOptions, RestartOptions
+from agent.config.usb import UsbOptions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,6 +32,7 @@ SECTIONS: Mapping[str, tuple[str, type[Any]]] = {
     "notify.email": ("email", EmailOptions),
     "backup": ("backup", BackupOptions),
     "patch": ("patch", PatchOptions),
+    "usb": ("usb", UsbOptions),
 }
 TABLES = ("checks", *dict.fromkeys(p.split(".")[0] for p in SECTIONS))
 
@@ -48,6 +50,7 @@ class Config:
     email: EmailOptions = field(default_factory=EmailOptions)
     backup: BackupOptions = field(default_factory=BackupOptions)
     patch: PatchOptions = field(default_factory=PatchOptions)
+    usb: UsbOptions = field(default_factory=UsbOptions)
 
 
 def load(path: Path | None, plugins: Mapping[str, type[Any]],

@@ -1,0 +1,24 @@
+"""``[usb]``: what the daemon does when a steward drive (ext4 label STEWARD-DATA) is plugged
+in, and where steward mounts it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.config.schema import choice, option
+from agent.config.sections import PATH
+
+ON_INSERT = ("backup", "notify", "ignore")
+
+
+@dataclass(frozen=True)
+class UsbOptions:
+    """``[usb]``: the USB backup and rescue drive."""
+
+    on_insert: str = option("notify", choice(*ON_INSERT),
+                            "when a steward drive is plugged in under steward run: back up to "
+                            "it (steward backup create --usb, as its own systemd unit), mail "
+                            "that it is there, or only log it")
+    mount_dir: str = option("/run/steward/usb", PATH,
+                            "steward mounts the drive at DIR/<filesystem uuid> while it works "
+                            "on it, and unmounts it afterwards")
