@@ -161,8 +161,7 @@ def publish(out: Outcome, config: Config, state_dir: Path, *,
             stream: TextIO | None = None) -> None:
     """Print the report and mail it (queued first; delivered now if a relay takes it). Sets
     ``out.delivered``: None when no recipients are configured."""
-    from agent.notify.mailer import send_with, sender_for
-    from agent.notify.outbox import Outbox
+    from agent.notify.commands import mail_now
 
     stream = stream or sys.stdout
     opts = config.email
@@ -173,18 +172,6 @@ def publish(out: Outcome, config: Config, state_dir: Path, *,
         stream.write("report not mailed: no [notify.email] recipients configured\n")
         stream.flush()
         return
-    now = time.time()
     msg = build_message(subject, text, html, sender=opts.sender, kind="patch",
-                        to=[address for address, _ in opts.to], date=now)
-    outbox = Outbox(state_dir / "outbox", opts.retry_max)
-    name = outbox.put(msg, now)
-    attempts = outbox.deliver(send_with(sender_for(opts, out.host)), now, only=name)
-    out.delivered = bool(attempts) and attempts[-1].delivered
-    if out.delivered:
-        relay = next((r for r, ok, _ in attempts[-1].relays if ok), "")
-        stream.write(f"report mailed to {', '.join(a for a, _ in opts.to)} via {relay}\n")
-    else:
-        why = "; ".join(f"{r}: {d}" for a in attempts for r, _, d in a.relays) or "no relay"
-        stream.write(f"report NOT delivered ({why}): it stays queued in {outbox.path}; "
-                     "steward run retries it\n")
-    stream.flush()
+                        to=[address for address, _ in opts.to], date=time.time())
+    out.delivered = mail_now(msg, opts, state_dir, out.host, stream)

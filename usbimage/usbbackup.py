@@ -151,26 +151,14 @@ def backup_to_usb(source: str, opts: BackupOptions, usb: UsbOptions, *, device: 
 def mail_report(job: UsbBackup, email: EmailOptions, state_dir: Path, out: TextIO) -> None:
     """Print the report and mail it through the outbox (kept there for steward run to retry
     when no relay takes it now); every [notify.email] recipient gets it."""
-    from agent.notify.mailer import send_with, sender_for
-    from agent.notify.outbox import Outbox
+    from agent.notify.commands import mail_now
 
     text = job.text()
     out.write("\n" + text)
     if not email.enabled:
         out.write("report not mailed: no [notify.email] recipients configured\n")
         return
-    now = time.time()
     msg = build_message(job.subject(), text, f"<pre>{html.escape(text)}</pre>\n",
                         sender=email.sender, kind="backup", to=[a for a, _ in email.to],
-                        date=now)
-    outbox = Outbox(state_dir / "outbox", email.retry_max)
-    name = outbox.put(msg, now)
-    attempts = outbox.deliver(send_with(sender_for(email, job.host)), now, only=name)
-    if attempts and attempts[-1].delivered:
-        relay = next((r for r, ok, _ in attempts[-1].relays if ok), "")
-        out.write(f"report mailed to {', '.join(a for a, _ in email.to)} via {relay}\n")
-    else:
-        why = "; ".join(f"{r}: {d}" for a in attempts for r, _, d in a.relays) or "no relay"
-        out.write(f"report NOT delivered ({why}): it stays queued in {outbox.path}; "
-                  "steward run retries it\n")
-    out.flush()
+                        date=time.time())
+    mail_now(msg, email, state_dir, job.host, out)

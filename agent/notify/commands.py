@@ -1,12 +1,16 @@
-"""``steward notify test`` and ``steward notify flush``."""
+"""``steward notify test`` and ``steward notify flush``, and mailing a report now (patch,
+backup to USB) through the outbox."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from email.message import EmailMessage
 from pathlib import Path
+from typing import TextIO
 
 from agent.config import Config
+from agent.config.sections import EmailOptions
 from agent.errors import UsageError
 from agent.model import Status
 from agent.notify.mailer import send_with, sender_for
@@ -19,6 +23,26 @@ def _email(config: Config) -> Config:
         raise UsageError(f"{config.source}: no [notify.email] recipients (to = [...]) "
                          "configured")
     return config
+
+
+def mail_now(msg: EmailMessage, opts: EmailOptions, state_dir: Path, host: str,
+             stream: TextIO) -> bool:
+    """Queue a report in the outbox and try to deliver it now; say on ``stream`` what became
+    of it. Not delivered, it stays queued and steward run retries it (nothing is lost)."""
+    now = time.time()
+    outbox = Outbox(state_dir / "outbox", opts.retry_max)
+    name = outbox.put(msg, now)
+    attempts = outbox.deliver(send_with(sender_for(opts, host)), now, only=name)
+    delivered = bool(attempts) and attempts[-1].delivered
+    if delivered:
+        relay = next((r for r, ok, _ in attempts[-1].relays if ok), "")
+        stream.write(f"report mailed to {', '.join(a for a, _ in opts.to)} via {relay}\n")
+    else:
+        why = "; ".join(f"{r}: {d}" for a in attempts for r, _, d in a.relays) or "no relay"
+        stream.write(f"report NOT delivered ({why}): it stays queued in {outbox.path}; "
+                     "steward run retries it\n")
+    stream.flush()
+    return delivered
 
 
 def _print(attempts: Sequence[Attempt]) -> None:
