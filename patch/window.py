@@ -24,6 +24,7 @@ from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped
 from agent.config.patch import PatchOptions, Schedule, parse_schedule
 from agent.fileio import write_atomic
 from agent.system.commands import CommandError, CommandRunner
+from agent.system.systemd import active_units, run_transient
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +177,9 @@ class PatchBusy(Exception):
 
 def active_patch_units(runner: CommandRunner,
                        systemctl: Sequence[str] = ("systemctl",)) -> list[str]:
-    """steward-patch units that are running: transient ones and the timer's oneshot service
-    (a oneshot is "activating" while it runs, so active alone would miss it)."""
-    argv = [*systemctl, "list-units", "--plain", "--no-legend", "--no-pager",
-            "--state=active,activating,deactivating,reloading", "--",
-            f"{UNIT_PREFIX}-*.service", f"{UNIT_PREFIX}.service"]
-    out = runner.run(argv, timeout=15).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
+    """steward-patch units that are running: transient ones and the timer's oneshot."""
+    return active_units(runner, (f"{UNIT_PREFIX}-*.service", f"{UNIT_PREFIX}.service"),
+                        systemctl)
 
 
 def start_transient(unit_name: str, argv: Sequence[str], runner: CommandRunner, *,
@@ -191,22 +188,15 @@ def start_transient(unit_name: str, argv: Sequence[str], runner: CommandRunner, 
                     systemctl: Sequence[str] = ("systemctl",),
                     systemd_run: Sequence[str] = ("systemd-run",)) -> str:
     """Start ``argv`` as transient unit ``unit_name`` (steward-patch-...), return its full
-    name; PatchBusy while a patch unit is active, CommandError if systemd-run fails.
-
-    Type=oneshot makes TimeoutStartSec bound the whole run (for Type=simple it bounds only
-    the fork); --no-block returns once the start is queued; --collect unloads the unit when
-    it ends, failed or not."""
+    name; PatchBusy while a patch unit is active, CommandError if systemd-run fails."""
     if not unit_name.startswith(UNIT_PREFIX + "-"):
         raise ValueError(f"unit name {unit_name!r} does not start with {UNIT_PREFIX}-")
     busy = active_patch_units(runner, systemctl)
     if busy:
         raise PatchBusy(busy)
-    cmd = [*systemd_run, f"--unit={unit_name}", f"--description={description}",
-           "--property=Type=oneshot", f"--property=TimeoutStartSec={timeout_minutes}min",
-           "--collect", "--no-block",
-           *(f"--setenv={k}={v}" for k, v in (setenv or {}).items()), "--", *argv]
-    runner.run(cmd, timeout=30)
-    return f"{unit_name}.service"
+    return run_transient(runner, unit_name, argv, description=description,
+                         timeout_minutes=timeout_minutes, setenv=setenv,
+                         systemd_run=systemd_run)
 
 
 # -- the scheduler ----------------------------------------------------------------------------

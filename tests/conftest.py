@@ -28,3 +28,23 @@ def steward():
 
 def needs_root() -> pytest.MarkDecorator:
     return pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+# The host's own state (the audit, pending dnf updates, unit states) is not what daemon tests
+# are about: a config starting with this leaves it out.
+QUIET = ("[checks.service]\nenabled = false\n[checks.timesync]\nenabled = false\n"
+         "[checks.audit]\nenabled = false\n[checks.updates]\nenabled = false\n")
+
+
+def start_daemon(tmp_path: Path, config: str) -> tuple[subprocess.Popen[str], Path, Path]:
+    """``steward run`` with ``config`` (TOML text), its stderr (the alerts) in a file: the
+    process, that file and the state directory. The caller terminates it."""
+    conf = tmp_path / "steward.toml"
+    conf.write_text(config)
+    conf.chmod(0o600)
+    log, state = tmp_path / "stderr", tmp_path / "state"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(conf),
+                                 "--state-dir", str(state)], cwd=REPO, text=True,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    return proc, log, state

@@ -24,6 +24,7 @@ from agent.config.usb import UsbOptions
 from agent.model import Status
 from agent.policy import Alert
 from agent.system.commands import CommandError, CommandRunner
+from agent.system.systemd import active_units, run_transient
 
 if TYPE_CHECKING:
     from usbimage.drive import Drive
@@ -87,15 +88,6 @@ class DriveEvent:
                      details=self.detail,
                      remedy=f"steward backup create --usb --device {self.drive.device}",
                      since=now)
-
-
-def active_units(runner: CommandRunner, patterns: Sequence[str] = BUSY_UNITS,
-                 systemctl: Sequence[str] = ("systemctl",)) -> list[str]:
-    """Units matching ``patterns`` that are running (a oneshot is "activating" meanwhile)."""
-    argv = [*systemctl, "list-units", "--plain", "--no-legend", "--no-pager",
-            "--state=active,activating,deactivating,reloading", "--", *patterns]
-    out = runner.run(argv, timeout=15).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
 class DriveMonitor:
@@ -203,12 +195,9 @@ class DriveMonitor:
                                   f"{', '.join(busy)} still running",
                                   detail="steward does not back up while another backup or a "
                                   "patch run is active")
-            self.runner.run([*self.systemd_run, f"--unit={unit}",
-                             f"--description=steward: backup to the USB drive {drive.device}",
-                             "--property=Type=oneshot",
-                             f"--property=TimeoutStartSec={BACKUP_TIMEOUT_MIN}min",
-                             "--collect", "--no-block", "--",
-                             *self.argv, "--device", drive.device], timeout=30)
+            run_transient(self.runner, unit, [*self.argv, "--device", drive.device],
+                          description=f"steward: backup to the USB drive {drive.device}",
+                          timeout_minutes=BACKUP_TIMEOUT_MIN, systemd_run=self.systemd_run)
         except CommandError as e:
             return DriveEvent("backup-not-started", drive,
                               f"{what}; backup could not be started", detail=str(e))

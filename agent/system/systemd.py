@@ -1,8 +1,9 @@
-"""systemd adapter: unit state for many units in one ``systemctl show`` call."""
+"""systemd adapter: unit state for many units in one ``systemctl show`` call; long work
+started as transient units of its own."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.system.commands import CommandError, CommandRunner
@@ -97,6 +98,31 @@ class Systemd:
         self._runner.run([*self._systemctl, "reset-failed", "--", unit_name(unit)],
                          timeout=self._timeout)
         return f"systemctl reset-failed {unit_name(unit)}"
+
+
+def active_units(runner: CommandRunner, patterns: Sequence[str],
+                 systemctl: Sequence[str] = ("systemctl",)) -> list[str]:
+    """Units matching ``patterns`` that are running (a oneshot is "activating" while it runs,
+    so "active" alone would miss it)."""
+    argv = [*systemctl, "list-units", "--plain", "--no-legend", "--no-pager",
+            "--state=active,activating,deactivating,reloading", "--", *patterns]
+    out = runner.run(argv, timeout=15).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def run_transient(runner: CommandRunner, unit: str, argv: Sequence[str], *, description: str,
+                  timeout_minutes: int, setenv: Mapping[str, str] | None = None,
+                  systemd_run: Sequence[str] = ("systemd-run",)) -> str:
+    """Start ``argv`` as transient unit ``unit`` outside the caller's cgroup (restarting the
+    caller cannot kill it); its full name. Type=oneshot makes TimeoutStartSec bound the whole
+    run (for Type=simple it bounds only the fork); --no-block returns once the start is
+    queued; --collect unloads the unit when it ends, failed or not."""
+    runner.run([*systemd_run, f"--unit={unit}", f"--description={description}",
+                "--property=Type=oneshot", f"--property=TimeoutStartSec={timeout_minutes}min",
+                "--collect", "--no-block",
+                *(f"--setenv={k}={v}" for k, v in (setenv or {}).items()), "--", *argv],
+               timeout=30)
+    return f"{unit}.service"
 
 
 def _unavailable(stderr: str) -> bool:

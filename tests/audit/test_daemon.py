@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import start_daemon
 
 FAMILIES_BUT_SECRETS = ["selinux.*", "firewall.*", "sshd.*", "postfix.*", "dovecot.*",
                         "httpd.*", "bind.*", "system.crypto*", "system.listen*",
@@ -31,19 +29,12 @@ def test_a_rule_newly_failing_between_audits_is_alerted_by_the_daemon(tmp_path):
     secret.write_text("[relay]:587 user:password\n")
     secret.chmod(0o600)
     skip = ", ".join(f'"{p}"' for p in FAMILIES_BUT_SECRETS)
-    conf = tmp_path / "steward.toml"
-    conf.write_text("[checks.service]\nenabled = false\n[checks.timesync]\nenabled = false\n"
-                    "[checks.updates]\nenabled = false\n"
-                    f"[checks.audit]\ninterval = 1\nskip = [{skip}]\n"
-                    f'secret_files = ["{secret}"]\n')
-    conf.chmod(0o600)
-    log = tmp_path / "stderr"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(conf),
-                                 "--state-dir", str(tmp_path / "state")], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=err)
+    proc, log, state = start_daemon(
+        tmp_path, "[checks.service]\nenabled = false\n[checks.timesync]\nenabled = false\n"
+        "[checks.updates]\nenabled = false\n"
+        f"[checks.audit]\ninterval = 1\nskip = [{skip}]\nsecret_files = [\"{secret}\"]\n")
     try:
-        _wait_for(tmp_path / "state" / "status.json", "audit:system.secret_files")
+        _wait_for(state / "status.json", "audit:system.secret_files")
         assert "audit:system.secret_files" not in log.read_text()  # passing: no alert
         secret.chmod(0o644)  # readable by every local user now
         # WARN, not CRIT, when a folder above (pytest's own) keeps others out; it says so

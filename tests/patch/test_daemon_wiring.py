@@ -11,22 +11,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from patch.rebooting import record
-from tests.conftest import REPO
-
-QUIET = ("[checks.service]\nenabled = false\n[checks.timesync]\nenabled = false\n"
-         "[checks.audit]\nenabled = false\n[checks.updates]\nenabled = false\n")
+from tests.conftest import QUIET, REPO, start_daemon
 
 
 def _daemon(tmp_path: Path, extra: str = "") -> tuple[subprocess.Popen[str], Path, Path]:
-    conf = tmp_path / "steward.toml"
-    conf.write_text(QUIET + extra)
-    conf.chmod(0o600)
-    log = tmp_path / "stderr"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(conf),
-                                 "--state-dir", str(tmp_path / "state")], cwd=REPO, text=True,
-                                stdout=subprocess.DEVNULL, stderr=err)
-    return proc, log, tmp_path / "state"
+    return start_daemon(tmp_path, QUIET + extra)
 
 
 def _wait(cond, timeout: float = 30) -> None:

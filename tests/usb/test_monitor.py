@@ -20,15 +20,13 @@ from agent.config.usb import UsbOptions
 from agent.model import Status
 from agent.policy import Alert
 from agent.system.commands import CommandRunner
-from tests.conftest import REPO
+from tests.conftest import QUIET, REPO, start_daemon
 from tests.usb.conftest import root_loop, sh
 from tests.usb.test_drive import config, generations, make_drive, source_tree
 from usbimage.drive import mounted_at
 from usbimage.monitor import DriveEvent, DriveMonitor
 
 pytestmark = root_loop
-QUIET = ("[checks.service]\nenabled = false\n[checks.timesync]\nenabled = false\n"
-         "[checks.audit]\nenabled = false\n[checks.updates]\nenabled = false\n")
 
 
 def until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -178,14 +176,7 @@ def test_steward_run_alerts_when_a_steward_drive_is_plugged_in(loop_disk, tmp_pa
     """The daemon end to end ([usb] on_insert = "notify", alerts to the journal: stderr)."""
     disk, part = make_drive(loop_disk)
     sh("partx", "-d", disk)
-    conf = tmp_path / "steward.toml"
-    conf.write_text(QUIET + '[usb]\non_insert = "notify"\n')
-    conf.chmod(0o600)
-    log = tmp_path / "stderr"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(conf),
-                                 "--state-dir", str(tmp_path / "state")], cwd=REPO, text=True,
-                                stdout=subprocess.DEVNULL, stderr=err)
+    proc, log, _ = start_daemon(tmp_path, QUIET + '[usb]\non_insert = "notify"\n')
     try:
         until(lambda: "watching for steward drives (kernel uevents, on insert: notify)"
               in log.read_text())
