@@ -26,6 +26,7 @@ from backup import cli as backup_cli
 from checks.audit import cli as audit_cli
 from patch import cli as patch_cli
 from usbimage import cli as usb_cli
+from usbimage import restorecli as restore_cli
 
 EXIT_USAGE = 2
 log = logging.getLogger("steward")
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cli.add_parsers(sub, lambda p: _common(p, top=False))
     patch_cli.add_parsers(sub, lambda p: _common(p, top=False))
     usb_cli.add_parsers(sub, lambda p: _common(p, top=False))
+    restore_cli.add_parser(sub, lambda p: _common(p, top=False))
 
     cfg = sub.add_parser("config", help="validate or show the configuration",
                          description="Validate or show the configuration.")
@@ -215,6 +217,11 @@ def cmd_usb(args: argparse.Namespace) -> int:
     return usb_cli.run(args, env)
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    _, env = _setup(args)
+    return restore_cli.run(args, env.commands, mount_dir=env.config.usb.mount_dir)
+
+
 HANDLERS = {
     "check": cmd_check,
     "config": cmd_config,
@@ -228,6 +235,7 @@ HANDLERS = {
     "audit": cmd_audit,
     "patch": cmd_patch,
     "usb": cmd_usb,
+    "restore": cmd_restore,
 }
 
 

@@ -199,8 +199,24 @@ def _disks(runner: CommandRunner, timeout: float,
             entry["error"] = describe(e)
         if ephemeral and entry["partition_table"] is None:
             continue
+        table = entry["partition_table"]
+        for part in (table or {}).get("partitions", []):
+            part["fs"] = probe(runner, str(part.get("node")), timeout)
+        if table is None:
+            entry["fs"] = probe(runner, path, timeout)
         disks.append(entry)
     return disks
+
+
+def probe(runner: CommandRunner, device: str, timeout: float) -> dict[str, str]:
+    """What ``blkid -p`` reads on ``device`` (TYPE, UUID, LABEL, VERSION, ...): the superblock
+    itself, so it works without udev (a rescue boot) and records what restore recreates.
+    {} when nothing is there or it cannot be read."""
+    try:
+        cp = _run(runner, "blkid", ["-p", "-o", "export", device], timeout, ok_codes=(0, 2))
+    except (ToolMissing, CommandError):
+        return {}
+    return dict(line.split("=", 1) for line in cp.stdout.splitlines() if "=" in line)
 
 
 def _filesystems(runner: CommandRunner, timeout: float) -> list[dict[str, Any]]:
@@ -235,7 +251,11 @@ def _lvm_report(runner: CommandRunner, cmd: str, timeout: float,
 def _lvm(runner: CommandRunner, timeout: float) -> dict[str, Any]:
     if which("lvm") is None and which("pvs") is None:
         return {"error": "lvm2 not installed"}
-    return {cmd: _guard(_lvm_report, runner, cmd, timeout) for cmd in ("pvs", "vgs", "lvs")}
+    found = {cmd: _guard(_lvm_report, runner, cmd, timeout) for cmd in ("pvs", "vgs", "lvs")}
+    for lv in found["lvs"] if isinstance(found["lvs"], list) else []:
+        if lv.get("lv_path"):
+            lv["fs"] = probe(runner, str(lv["lv_path"]), timeout)
+    return found
 
 
 def lvm_vg_free(runner: CommandRunner | None, vg: str, timeout: float = 30.0) -> int | None:

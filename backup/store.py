@@ -10,6 +10,7 @@ dot is always complete, and anything with one is cleaned up by the next run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -61,7 +62,13 @@ class Generation:
         return bool(manifest.get("verified"))
 
     def record_verify(self, record: dict[str, Any]) -> None:
-        write_atomic(self.path / "verify.json", json.dumps(record, indent=1) + "\n")
+        """Keep the result; a read-only target (the drive as a rescue boot's root) keeps the
+        old one."""
+        try:
+            write_atomic(self.path / "verify.json", json.dumps(record, indent=1) + "\n")
+        except OSError as e:
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
 
 
 class Store:

@@ -1,0 +1,246 @@
+"""``steward restore``: rebuild the machine from a generation — in the rescue boot, or from
+any live system with the drive attached (cold standby onto a spare disk).
+
+Order, so that nothing is written unless everything needed is there and intact: read the
+generation and its layout; map the saved disks onto the present ones and plan every step;
+show the plan; re-read every archive against its sha256; get the target disks' names typed
+(or --yes); then partition, LVM, filesystems, extract, fixes, boot loader, report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.errors import UsageError
+from agent.system.commands import CommandError, CommandRunner
+from backup.progress import human
+from backup.store import Generation, Store, StoreError
+from usbimage import restoredisk, restorefix
+from usbimage.detect import Disk, blkid, list_disks
+from usbimage.restoreplan import Plan, make_plan, text, uuids_in_use
+
+REPORT = "var/log/steward-restore.txt"  # kept on the restored system
+DEFAULT_MOUNT = "/run/steward/restore"
+
+
+def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    r = sub.add_parser(
+        "restore", help="rebuild this machine from a backup generation (bare metal)",
+        description="Recreate the saved disks' partition tables, LVM and filesystems (saved "
+        "UUIDs and labels) on the disks present, extract the generation, restore SELinux "
+        "labels, fix fstab and the boot loader configuration where UUIDs had to change, "
+        "reinstall the boot loader for the saved boot mode and leave a report in "
+        f"/{REPORT}. Every archive is checked against its sha256 before any disk is written. "
+        "Exit 0 restored, 1 failed or aborted (a damaged generation: nothing written), "
+        "2 refused (bad arguments, no disk fits, a disk in use).")
+    common(r)
+    r.add_argument("generation", nargs="?", metavar="GEN",
+                   help="the generation (default: the newest verified one)")
+    r.add_argument("--target", type=Path, metavar="DIR", help="folder holding the generations "
+                   "(default: the steward drive's, found by its label)")
+    r.add_argument("--device", metavar="DEV", help="the steward drive, when several are "
+                   "attached")
+    r.add_argument("--map", action="append", default=[], metavar="SAVED=DISK",
+                   help="restore saved disk SAVED onto DISK (repeatable); default: the same "
+                   "name if it fits, else the smallest free disk that fits")
+    r.add_argument("--new-uuids", action="store_true", help="make new filesystem and "
+                   "partition UUIDs (and fix fstab/boot loader) even where the saved ones are "
+                   "free; saved UUIDs in use on this machine are always replaced")
+    r.add_argument("--plan", action="store_true", help="show the plan and check the archives; "
+                   "write nothing")
+    r.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    r.add_argument("--mount-dir", type=Path, default=Path(DEFAULT_MOUNT), metavar="DIR",
+                   help=f"where the restored system is mounted meanwhile (default {DEFAULT_MOUNT})")
+
+
+def _parse_map(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        saved, sep, disk = item.partition("=")
+        if not sep or not saved.startswith("/dev/") or not disk:
+            raise UsageError(f"--map {item}: expected SAVED=DISK, e.g. --map /dev/sda=/dev/vdb")
+        out[saved] = disk
+    return out
+
+
+def _generation(store: Store, gen_id: str | None) -> Generation:
+    if gen_id is not None:
+        return store.find(gen_id)
+    gens = [g for g in store.generations() if g.verified(g.manifest())]
+    if not gens:
+        raise StoreError(f"no verified generation in {store.target}; name one to use it anyway")
+    return gens[-1]
+
+
+def _layout(gen: Generation) -> dict[str, Any]:
+    try:
+        data = json.loads((gen.path / "layout.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise StoreError(f"generation {gen.id}: layout.json unreadable: {e}") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"generation {gen.id}: layout.json is not a layout")
+    return data
+
+
+def candidates(runner: CommandRunner, explicit: dict[str, str]) -> tuple[list[Disk], list[Disk]]:
+    """(disks restore may write, all disks). Loop devices only when named with --map; never
+    one in use, read-only or holding the running system (or the drive restored from)."""
+    every = list_disks(all_disks=True, runner=runner)
+    named = {os.path.realpath(d) for d in explicit.values()}
+    ok = []
+    for d in every:
+        if d.transport == "loop" and d.path not in named:
+            continue
+        if d.read_only or d.in_use or d.system or d.holders:
+            if d.path in named:
+                why = "; ".join([*d.in_use, *(["read-only"] if d.read_only else []),
+                                 *(["holds the running system"] if d.system else []),
+                                 *([f"{', '.join(d.holders)} built on it"] if d.holders
+                                   else [])])
+                raise UsageError(f"refusing to restore onto {d.path}: {why}")
+            continue
+        ok.append(d)
+    return ok, every
+
+
+def _in_use(runner: CommandRunner, every: list[Disk], targets: set[str]) -> set[str]:
+    records = []
+    for d in every:
+        if d.path in targets:
+            continue
+        for node in [p.path for p in d.partitions] or [d.path]:
+            try:
+                records.append(blkid(runner, node))
+            except CommandError:
+                continue
+    return uuids_in_use(records)
+
+
+def plan_for(gen: Generation, runner: CommandRunner, explicit: dict[str, str],
+             new_uuids: bool) -> Plan:
+    layout = _layout(gen)
+    present, every = candidates(runner, explicit)
+    first = make_plan(gen, layout, present, explicit, new_uuids=new_uuids)
+    targets = {t.disk.path for t in first.targets}
+    in_use = _in_use(runner, every, targets)
+    fixed = {t.saved["name"]: t.disk.path for t in first.targets}
+    return make_plan(gen, layout, present, fixed, new_uuids=new_uuids, in_use=in_use)
+
+
+def _confirmed(plan: Plan, stdin: TextIO, out: TextIO) -> bool:
+    names = [t.disk.name for t in plan.targets]
+    if not stdin.isatty():
+        raise UsageError("refusing to restore without confirmation: standard input is not a "
+                         "terminal; pass --yes to restore without asking")
+    out.write(f"Type the name{'s' if len(names) > 1 else ''} of the disk"
+              f"{'s' if len(names) > 1 else ''} to overwrite ({' '.join(names)}), anything "
+              "else aborts: ")
+    out.flush()
+    answer = stdin.readline().split()
+    return sorted(a.removeprefix("/dev/") for a in answer) == sorted(names)
+
+
+def restore_command(args: argparse.Namespace, runner: CommandRunner, gen: Generation, *,
+                    stdin: TextIO, out: TextIO) -> int:
+    from backup.restore import restore, verify
+
+    plan = plan_for(gen, runner, _parse_map(args.map), args.new_uuids)
+    out.write(text(plan))
+    out.write(f"checking every archive of {gen.id} against its sha256 before writing...\n")
+    out.flush()
+    report = verify(gen)
+    if not report.ok:
+        for p in report.problems:
+            out.write(f"DAMAGED: {p}\n")
+        out.write(f"generation {gen.id} is damaged: nothing was written to any disk; restore "
+                  "another generation (steward backup list)\n")
+        return 1
+    out.write(f"archives intact: {report.checked} files, {human(report.bytes)}\n")
+    if args.plan:
+        out.write("--plan: nothing written\n")
+        return 0
+    if not args.yes and not _confirmed(plan, stdin, out):
+        out.write("aborted: nothing was written\n")
+        return 1
+    return execute(plan, runner, args.mount_dir, out, restore)
+
+
+def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
+            restore: Callable[..., Any]) -> int:
+    started = time.monotonic()
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    run = restoredisk.Runner(runner, say)
+    try:
+        restoredisk.partition(plan, run)
+        restoredisk.lvm(plan, run)
+        restoredisk.make_filesystems(plan, run)
+        with restoredisk.mounted_tree(plan, mount_dir, run) as root:
+            say(f"extracting {plan.generation.id} into {root}")
+            sel = restore(plan.generation, ["/"], root, say=lambda _: None)
+            lines.append(f"extracted {sel.entries} entries")
+            changed = restorefix.rename_uuids(plan, root)
+            if changed:
+                lines.append(f"UUIDs replaced in {', '.join(changed)}")
+            lines.append(restorefix.selinux(root))
+            with restoredisk.chroot_mounts(root, run):
+                boot = (restorefix.uefi_loader if plan.boot_mode == "uefi"
+                        else restorefix.bios_loader)
+                lines.append(boot(plan, root, run))
+                lines.append(restorefix.initramfs(plan, root, run))
+            lines.append(f"took {time.monotonic() - started:.0f} s")
+            for line in lines:
+                say(line)
+            _write_report(root, plan, lines, run.done)
+        runner.run(["sync"], timeout=600)
+    except (restoredisk.RestoreError, OSError, StoreError) as e:
+        out.write(f"steward: restore FAILED: {e}\nSteps done: {'; '.join(run.done) or 'none'}"
+                  "\nThe disks are partly written: fix the cause and run steward restore "
+                  "again.\n")
+        return 1
+    out.write(f"restore of {plan.generation.id} done: report in /{REPORT} of the restored "
+              "system. Remove the USB drive and reboot.\n")
+    return 0
+
+
+def _write_report(root: Path, plan: Plan, lines: list[str], steps: list[str]) -> None:
+    path = root / REPORT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = [f"steward restore, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", "", text(plan),
+            "Result:", *[f"  {x}" for x in lines], "", "Steps:", *[f"  {s}" for s in steps]]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(body) + "\n")
+    os.chmod(path, 0o600)
+
+
+def run(args: argparse.Namespace, runner: CommandRunner | None = None, *,
+        mount_dir: str = "/run/steward/usb", stdin: TextIO | None = None,
+        out: TextIO | None = None) -> int:
+    """The command; StoreError (no such generation, unreadable layout) is exit 2."""
+    runner = runner or CommandRunner()
+    stdin, out = stdin or sys.stdin, out or sys.stdout
+    if os.geteuid() != 0 and not args.plan:
+        raise UsageError("steward restore writes disks: run it as root")
+    try:
+        if args.target is not None:
+            gen = _generation(Store(args.target), args.generation)
+            return restore_command(args, runner, gen, stdin=stdin, out=out)
+        from usbimage.drive import GENERATIONS, find_drives, mounted, select
+
+        drive = select(find_drives(runner), args.device)
+        with mounted(drive, mount_dir, runner) as mnt:
+            gen = _generation(Store(mnt.path / GENERATIONS), args.generation)
+            return restore_command(args, runner, gen, stdin=stdin, out=out)
+    except StoreError as e:
+        raise UsageError(str(e)) from None

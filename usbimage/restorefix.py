@@ -1,0 +1,227 @@
+"""After the files are back: make the restored system boot on the disks it now has.
+
+- UUIDs that had to change are replaced in fstab, crypttab and the boot loader configuration;
+- SELinux labels come from the archive; /.autorelabel is written only when they did not;
+- BIOS: the restored system's own grub(2)-install writes the boot code (it is not in any
+  file); UEFI: the boot loader files came back with the EFI system partition, so only the
+  firmware's boot entry is made, with efibootmgr, replacing an entry of the same name and
+  loader instead of adding a duplicate on every restore;
+- the initramfs is rebuilt only when it lacks a driver for the disks it must now find, or
+  when UUIDs changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+from pathlib import Path
+
+from usbimage.restoredisk import T_MKFS, Runner, _tool
+from usbimage.restoreplan import Plan
+
+CONFIGS = ("etc/fstab", "etc/crypttab", "etc/default/grub", "etc/kernel/cmdline",
+           "boot/grub2/grub.cfg", "boot/grub/grub.cfg", "boot/grub2/grubenv",
+           "boot/loader/entries/*.conf", "boot/efi/EFI/*/grub.cfg",
+           "etc/initramfs-tools/conf.d/resume")
+_ENTRY = re.compile(r"^Boot([0-9A-Fa-f]{4})\*?\s+(.*?)\s*(?:\t|\s)(HD\(.*)$")
+_HD = re.compile(r"HD\((\d+),GPT,([0-9a-fA-F-]{36})")
+_FILE = re.compile(r"(?:File\()?(\\[^)\s]+)")
+
+
+def rename_uuids(plan: Plan, root: Path) -> list[str]:
+    """Replace every old UUID with its new one in the configuration files; the files keep
+    their inode (owner, mode, SELinux label). Returns the files changed."""
+    if not plan.renames:
+        return []
+    pattern = re.compile("|".join(re.escape(old) for old in plan.renames), re.IGNORECASE)
+    changed = []
+    for pat in CONFIGS:
+        for path in sorted(glob.glob(str(root / pat))):
+            with open(path, "r+", encoding="utf-8", errors="surrogateescape") as fh:
+                old = fh.read()
+                new = pattern.sub(lambda m: plan.renames[m.group(0).lower()], old)
+                if new != old:
+                    fh.seek(0)
+                    fh.write(new)
+                    fh.truncate()
+                    changed.append("/" + os.path.relpath(path, root))
+    return changed
+
+
+def selinux(root: Path) -> str:
+    """Were the labels restored? Writes /.autorelabel as the fallback when they were not."""
+    try:
+        config = (root / "etc/selinux/config").read_text(errors="replace")
+    except OSError:
+        return "SELinux: not configured on the restored system"
+    mode = re.search(r"^\s*SELINUX\s*=\s*(\w+)", config, re.MULTILINE)
+    if not mode or mode.group(1) == "disabled":
+        return "SELinux: disabled on the restored system"
+    labelled = 0
+    for rel in ("etc", "etc/selinux/config", "usr/bin", "boot"):
+        try:
+            os.getxattr(root / rel, "security.selinux", follow_symlinks=False)
+            labelled += 1
+        except OSError:
+            pass
+    if labelled:
+        return "SELinux: labels restored from the archive (no relabel needed)"
+    (root / ".autorelabel").touch()
+    return ("SELinux: the archive carried no labels; /.autorelabel written, the first boot "
+            "relabels the filesystems")
+
+
+def _chroot_tool(root: Path, *names: str) -> str | None:
+    for name in names:
+        for d in ("usr/sbin", "usr/bin", "sbin", "bin"):
+            if os.access(root / d / name, os.X_OK):
+                return f"/{d}/{name}"
+    return None
+
+
+def _boot_disk(plan: Plan) -> str:
+    """The new disk holding /boot (or /)."""
+    for mp in ("/boot", "/"):
+        f = next((f for f in plan.filesystems if f.mountpoint == mp), None)
+        if f is None:
+            continue
+        for t in plan.targets:
+            if f.device in t.parts.values() or f.device == t.disk.path:
+                return t.disk.path
+    return plan.targets[0].disk.path
+
+
+def bios_loader(plan: Plan, root: Path, run: Runner) -> str:
+    tool = _chroot_tool(root, "grub2-install", "grub-install")
+    if tool is None:
+        return "boot loader: NOT installed: the restored system has no grub2-install/grub-install"
+    disk = _boot_disk(plan)
+    run.step(f"install GRUB for BIOS on {disk}", [_tool("chroot"), str(root), tool,
+             "--target=i386-pc", disk], T_MKFS)
+    return f"boot loader: GRUB (i386-pc) installed on {disk}"
+
+
+def parse_efibootmgr(text: str) -> list[dict[str, str]]:
+    """Boot entries of ``efibootmgr -v``: number, label, partition GUID, loader path."""
+    out = []
+    for line in text.splitlines():
+        m = _ENTRY.match(line.strip())
+        if not m:
+            continue
+        hd, path = _HD.search(m.group(3)), _FILE.search(m.group(3).split(")/", 1)[-1])
+        out.append({"num": m.group(1), "label": m.group(2).strip(),
+                    "partuuid": hd.group(2).lower() if hd else "",
+                    "part": hd.group(1) if hd else "",
+                    "loader": path.group(1) if path else ""})
+    return out
+
+
+def _current_entry(plan: Plan) -> dict[str, str] | None:
+    boot = plan.layout.get("bootloader")
+    text = boot.get("efibootmgr") if isinstance(boot, dict) else None
+    if not isinstance(text, str):
+        return None
+    cur = re.search(r"^BootCurrent:\s*([0-9A-Fa-f]{4})", text, re.MULTILINE)
+    entries = parse_efibootmgr(text)
+    return next((e for e in entries if cur and e["num"].upper() == cur.group(1).upper()),
+                None)
+
+
+def _fallback_entry(root: Path) -> dict[str, str] | None:
+    """The distribution's own loader on the restored ESP, when the firmware's entry was not
+    recorded (shim first: Secure Boot)."""
+    for name in ("shimx64.efi", "grubx64.efi"):
+        for path in sorted(glob.glob(str(root / "boot/efi/EFI/*" / name))):
+            vendor = Path(path).parent.name
+            if vendor.upper() != "BOOT":
+                return {"label": vendor, "loader": f"\\EFI\\{vendor}\\{name}", "partuuid": ""}
+    return None
+
+
+def uefi_loader(plan: Plan, root: Path, run: Runner) -> str:
+    want = _current_entry(plan) or _fallback_entry(root)
+    if want is None:
+        return ("boot loader: files restored on the EFI system partition; no firmware entry "
+                "was recorded, the firmware starts EFI\\BOOT\\BOOTX64.EFI")
+    esp = next((f for f in plan.filesystems if f.mountpoint in ("/boot/efi", "/efi")), None)
+    if esp is None:
+        return "boot loader: NOT set up: the saved EFI system partition was not restored"
+    disk = next(t for t in plan.targets if esp.device in t.parts.values())
+    number = re.search(r"(\d+)$", esp.device)
+    if not os.path.isdir("/sys/firmware/efi"):
+        return (f"boot loader: files restored; this machine did not boot with UEFI, so the "
+                f"firmware entry {want['label']!r} ({want['loader']}) must be made from a UEFI "
+                "boot")
+    efibootmgr = _tool("efibootmgr")
+    partuuid = next((p.get("uuid", "") for p in disk.saved["partition_table"]["partitions"]
+                     if str(p.get("node")) in disk.parts and disk.parts[str(p["node"])] ==
+                     esp.device), "")
+    partuuid = plan.renames.get(str(partuuid).lower(), str(partuuid)).lower()
+    now = parse_efibootmgr(run.step("read the firmware boot entries", [efibootmgr, "-v"],
+                                    60, quiet=True))
+    same = [e for e in now if e["label"] == want["label"]
+            and e["loader"].lower() == want["loader"].lower()]
+    if any(e["partuuid"] == partuuid for e in same):
+        return (f"boot loader: firmware entry {want['label']!r} ({want['loader']}) is there "
+                "already; none added")
+    for e in same:
+        run.step(f"remove the stale firmware entry Boot{e['num']}", [efibootmgr, "-q", "-b",
+                 e["num"], "-B"], 60)
+    run.step(f"add the firmware entry {want['label']!r}",
+             [efibootmgr, "-q", "--create", "--disk", disk.disk.path, "--part",
+              number.group(1) if number else "1", "--label", want["label"], "--loader",
+              want["loader"]], 60)
+    return f"boot loader: firmware entry {want['label']!r} -> {want['loader']} on {esp.device}"
+
+
+def _driver_modules(disk: str, sysfs_root: str = "/sys") -> set[str]:
+    """Kernel modules on the path from the disk to the bus (virtio_blk, nvme, ahci, ...)."""
+    out: set[str] = set()
+    path = os.path.realpath(f"{sysfs_root}/block/{os.path.basename(disk)}/device")
+    while path.startswith(f"{sysfs_root}/devices"):
+        for link in ("driver/module", "module"):
+            if os.path.islink(f"{path}/{link}"):
+                out.add(os.path.basename(os.path.realpath(f"{path}/{link}")))
+        path = os.path.dirname(path)
+    return {m.replace("-", "_") for m in out}
+
+
+def initramfs(plan: Plan, root: Path, run: Runner) -> str:
+    kernels = sorted(p.name[len("vmlinuz-"):] for p in (root / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        return "initramfs: no kernel in /boot of the restored system"
+    need: set[str] = set()
+    for t in plan.targets:
+        need |= _driver_modules(t.disk.path)
+    why = "UUIDs changed" if plan.renames else ""
+    lister = _chroot_tool(root, "lsinitrd", "lsinitramfs")
+    kver = kernels[-1]
+    if not why and need and lister:
+        images = [p for p in (f"boot/initramfs-{kver}.img", f"boot/initrd.img-{kver}")
+                  if (root / p).exists()]
+        builtin = ""
+        with contextlib.suppress(OSError):
+            builtin = (root / f"usr/lib/modules/{kver}/modules.builtin").read_text()
+        if images:
+            listing = run.step(f"list the initramfs of {kver}", [_tool("chroot"), str(root),
+                               lister, f"/{images[0]}"], 600, quiet=True)
+            have = {Path(line.split()[-1]).name.split(".ko")[0].replace("-", "_")
+                    for line in (listing + "\n" + builtin).splitlines()
+                    if ".ko" in line}
+            missing = sorted(need - have)
+            if missing:
+                why = f"it has no driver for {', '.join(missing)}"
+    if not why:
+        return (f"initramfs: kept (it has the drivers the disks need: "
+                f"{', '.join(sorted(need)) or 'built in'})")
+    dracut = _chroot_tool(root, "dracut")
+    if dracut:
+        argv = [dracut, "-f", "--regenerate-all"]
+    elif _chroot_tool(root, "update-initramfs"):
+        argv = ["/usr/sbin/update-initramfs", "-u", "-k", "all"]
+    else:
+        return f"initramfs: NOT rebuilt ({why}): neither dracut nor update-initramfs is there"
+    run.step(f"rebuild the initramfs ({why})", [_tool("chroot"), str(root), *argv], T_MKFS)
+    return f"initramfs: rebuilt ({why})"
