@@ -48,6 +48,20 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     f.add_argument("--force", action="store_true",
                    help="also format a disk that is not USB, or that holds the running "
                    "system (never a mounted one)")
+    r = usub.add_parser("rescue", help="build or refresh the drive's rescue system",
+                        description="Put this host's kernel and an initramfs with Python and "
+                        "steward on the steward drive, install GRUB for BIOS and UEFI on it, "
+                        "and write the boot menu (every whole-system generation, a shell). "
+                        "Done after each whole-system backup --usb anyway when the kernel or "
+                        "steward changed; this does it now. Exit 0 done, 1 failed, 2 no or "
+                        "several drives.")
+    common(r)
+    r.add_argument("--device", metavar="DEV", help="which steward drive, when several are "
+                   "attached")
+    r.add_argument("--force", action="store_true", help="rebuild even when it is current")
+    r.add_argument("--kernel", metavar="VERSION", help="an installed kernel (as in "
+                   "/boot/vmlinuz-VERSION) instead of the running one, e.g. a new kernel "
+                   "before the reboot")
 
 
 def run(args: argparse.Namespace, env: Env | None = None, *, stdin: TextIO | None = None,
@@ -60,6 +74,8 @@ def run(args: argparse.Namespace, env: Env | None = None, *, stdin: TextIO | Non
     out = out or sys.stdout
     if args.usb_command == "list":
         return _list(args, runner, out)
+    if args.usb_command == "rescue":
+        return _rescue(args, runner, env, out, err or sys.stderr)
     from usbimage.format import format_command
 
     return format_command(args.device, yes=args.yes, force=args.force, runner=runner,
@@ -98,4 +114,29 @@ def _list(args: argparse.Namespace, runner: CommandRunner, out: TextIO) -> int:
             out.write(f"    {p.path}  {human(p.size)}  {p.fstype or '-'}{labels}\n")
         for reason in d.in_use:
             out.write(f"    in use: {reason}\n")
+    return 0
+
+
+def _rescue(args: argparse.Namespace, runner: CommandRunner, env: Env | None, out: TextIO,
+            err: TextIO) -> int:
+    from agent.config.usb import UsbOptions
+    from usbimage.drive import MountError, find_drives, mounted, select
+    from usbimage.rescue import RescueError
+    from usbimage.rescuestep import refresh
+
+    usb = env.config.usb if env is not None else UsbOptions()
+    drive = select(find_drives(runner), args.device)
+
+    def say(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    try:
+        with mounted(drive, usb.mount_dir, runner) as mnt:
+            for line in refresh(mnt.path, drive.disk, runner, say, force=args.force,
+                                kernel=args.kernel):
+                say(line)
+    except (RescueError, MountError, OSError) as e:
+        err.write(f"steward: {e}\n")
+        return 1
     return 0

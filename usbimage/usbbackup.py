@@ -29,7 +29,14 @@ if TYPE_CHECKING:
 Step = Callable[[Mounted, "Outcome"], list[str]]
 # Run in order on the still-mounted drive once a generation is committed; each returns lines for
 # the report, or raises BackupError (the generation stays; the run counts as having problems).
-AFTER_BACKUP: tuple[Step, ...] = ()
+
+
+def after_backup(usb: UsbOptions) -> tuple[Step, ...]:
+    if not usb.rescue:
+        return ()
+    from usbimage.rescuestep import after_backup as rescue_step
+
+    return (rescue_step,)
 
 
 @dataclass
@@ -108,7 +115,7 @@ def _space(target: Path) -> str:
 
 def backup_to_usb(source: str, opts: BackupOptions, usb: UsbOptions, *, device: str | None,
                   runner: CommandRunner, jobs: int | None = None,
-                  steps: Sequence[Step] = AFTER_BACKUP) -> UsbBackup:
+                  steps: Sequence[Step] | None = None) -> UsbBackup:
     """Find the drive (DriveError: none, several, not the one named), mount it, write a
     generation into its generations folder (verified; retention after the commit), run
     ``steps``, unmount it. Failures after the drive was found are in the result."""
@@ -126,7 +133,7 @@ def backup_to_usb(source: str, opts: BackupOptions, usb: UsbOptions, *, device: 
             job.outcome = create(source, Path(job.target), _excluding(opts, source, mnt.path),
                                  say=say, jobs=jobs)
             job.problems += job.outcome.hook_failures
-            for step in steps:
+            for step in after_backup(usb) if steps is None else steps:
                 try:
                     job.notes += step(mnt, job.outcome)
                 except BackupError as e:

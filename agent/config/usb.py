@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.config.schema import choice, option
+from agent.config.schema import BOOLEAN, choice, option
 from agent.config.sections import PATH
 
 ON_INSERT = ("backup", "notify", "ignore")
@@ -19,6 +19,10 @@ class UsbOptions:
                             "when a steward drive is plugged in under steward run: back up to "
                             "it (steward backup create --usb, as its own systemd unit), mail "
                             "that it is there, or only log it")
+    rescue: bool = option(True, BOOLEAN,
+                          "keep a bootable rescue system on the drive: rebuilt after a "
+                          "whole-system backup when the kernel or steward changed, with a boot "
+                          "menu of every generation")
     mount_dir: str = option("/run/steward/usb", PATH,
                             "steward mounts the drive at DIR/<filesystem uuid> while it works "
                             "on it, and unmounts it afterwards")

@@ -85,7 +85,8 @@ class VM:
                  kernel: Path | None = None, initrd: Path | None = None,
                  append: str | None = None, memory: int = 1024, smp: int = 2,
                  boot_usb_first: bool = False, no_reboot: bool = False,
-                 log: Path | None = None, extra_args: Sequence[str] = ()) -> None:
+                 log: Path | None = None, accel: str = "tcg",
+                 extra_args: Sequence[str] = ()) -> None:
         if firmware not in ("bios", "uefi"):
             raise ValueError(f"firmware must be 'bios' or 'uefi', not {firmware!r}")
         for _, bus in disks:
@@ -96,7 +97,7 @@ class VM:
         self.kernel, self.initrd, self.append = kernel, initrd, append
         self.memory, self.smp = memory, smp
         self.boot_usb_first, self.no_reboot = boot_usb_first, no_reboot
-        self.log, self.extra_args = log, list(extra_args)
+        self.log, self.accel, self.extra_args = log, accel, list(extra_args)
         self.started = 0.0  # time.monotonic() at start()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -119,7 +120,7 @@ class VM:
 
     def argv(self) -> list[str]:
         """The qemu command line (without the setpriv wrapper)."""
-        argv = [QEMU, "-accel", "tcg", "-smp", str(self.smp), "-m", str(self.memory),
+        argv = [QEMU, "-accel", self.accel, "-smp", str(self.smp), "-m", str(self.memory),
                 "-nographic", "-serial", "stdio", "-monitor", "none", "-nic", "none"]
         if self.no_reboot:
             argv.append("-no-reboot")
@@ -138,7 +139,7 @@ class VM:
                 argv += ["-append", self.append]
         order = sorted(range(len(self.disks)),
                        key=lambda i: (self.disks[i][1] != "usb") if self.boot_usb_first else 0)
-        bootindex = {i: n for n, i in enumerate(order)}
+        bootindex = {i: n for n, i in enumerate(order, start=1)}  # -kernel takes 0
         if any(bus == "usb" for _, bus in self.disks):
             argv += ["-device", "qemu-xhci,id=xhci"]
         for i, (path, bus) in enumerate(self.disks):
