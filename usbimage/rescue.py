@@ -46,8 +46,8 @@ REQUIRED = ("sh", "bash", "mount", "umount", "blkid", "lsblk", "sfdisk", "partx"
 OPTIONAL = ("mkfs.xfs", "mkfs.vfat", "mkfs.ext2", "mkfs.ext3", "lvm", "efibootmgr", "modprobe",
             "udevadm", "ls", "cat", "cp", "mv", "rm", "mkdir", "ln", "dmesg", "sleep", "less",
             "vi", "grep", "sed", "head", "tail", "wc", "df", "free", "ps", "losetup", "e2fsck",
-            "xfs_repair", "fsck", "fsck.ext4", "blockdev", "getfattr", "getcap", "sha256sum", "cpio",
-            "findmnt", "kill", "stty", "setfiles")
+            "xfs_repair", "fsck", "fsck.ext4", "blockdev", "getfattr", "getcap", "sha256sum",
+            "cpio", "findmnt", "kill", "stty", "setfiles")
 STEWARD_PACKAGES = ("agent", "checks", "backup", "patch", "usbimage")
 # What a restore imports: the rescue menu, the command line, the restore path.
 PROBE_IMPORTS = ("agent.cli", "usbimage.rescuemenu", "usbimage.restorecli", "backup.restore",

@@ -125,8 +125,10 @@ def _current_entry(plan: Plan) -> dict[str, str] | None:
         return None
     cur = re.search(r"^BootCurrent:\s*([0-9A-Fa-f]{4})", text, re.MULTILINE)
     entries = parse_efibootmgr(text)
-    return next((e for e in entries if cur and e["num"].upper() == cur.group(1).upper()),
-                None)
+    entry = next((e for e in entries if cur and e["num"].upper() == cur.group(1).upper()),
+                 None)
+    # a disk entry only: a direct kernel boot, a network or shell entry says nothing here
+    return entry if entry and entry["partuuid"] and entry["loader"] else None
 
 
 def _fallback_entry(root: Path) -> dict[str, str] | None:
