@@ -64,7 +64,7 @@ SERVER_PACKAGES: tuple[str, ...] = (
     "systemd-sysv", "udev", "kmod", "python3", "python3-psutil", "python3-dnspython",
     "python3-requests", "python3-jinja2", "python3-apscheduler", "python3-pyudev", "zstd",
     "tar", "util-linux", "fdisk", "gdisk", "e2fsprogs", "dosfstools", "mtools", "attr",
-    "libcap2-bin", "acl", "procps",
+    "libcap2-bin", "acl", "procps", "efibootmgr", "python3-jeepney",
 )
 _ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LC_ALL": "C", "HOME": "/root", "TERM": "dumb"}
@@ -164,9 +164,11 @@ sync
 mount -o remount,ro / || echo "PREP-WARN / stays read-write"
 sync
 echo PREP-POWEROFF
-echo o > /proc/sysrq-trigger
-sleep 60
-poweroff -f
+# poweroff -f is reboot(2) at once; nothing may be read from the disk after that (the
+# sysrq fallback shuts the devices down while this script still runs), so wait with
+# bash builtins only.  Should PID 1 exit anyway, panic=-1 and qemu -no-reboot end it.
+poweroff -f || echo o > /proc/sysrq-trigger
+while :; do read -r -t 10 _ <>/dev/console; done
 """
 
 
@@ -363,7 +365,8 @@ def make_server_disk(rootfs: Path, image: Path, size: int = 2 * GiB, *,
           "-n", "2:0:+64M", "-t", "2:EF00", "-c", "2:ESP",
           "-n", "3:0:0", "-t", "3:8300", "-c", "3:root", str(image)], timeout=30)
     with loop_partition(image, 2) as dev:
-        _run(["mkfs.vfat", "-n", "ESP", "-i", esp_volid, dev], timeout=60)
+        # -I: a loop device may carry stale partition entries from earlier users (losetup -P)
+        _run(["mkfs.vfat", "-I", "-n", "ESP", "-i", esp_volid, dev], timeout=60)
     with loop_partition(image, 3) as dev:
         _run(["mkfs.ext4", "-F", "-q", "-L", "root", "-U", disk.root_uuid, dev], timeout=120)
     with contextlib.ExitStack() as stack:
@@ -379,13 +382,17 @@ def make_server_disk(rootfs: Path, image: Path, size: int = 2 * GiB, *,
 def boot_files(image: Path, dest: Path) -> tuple[Path, Path]:
     """Copy the newest kernel and its initrd out of *image*'s /boot into *dest*."""
     with mounted_partition(image, 3, readonly=True) as root:
-        kernels = sorted((root / "boot").glob("vmlinuz-*"))
-        if not kernels:
-            raise LookupError(f"no kernel in {image}")
-        version = kernels[-1].name.removeprefix("vmlinuz-")
-        kernel = Path(shutil.copy2(kernels[-1], dest / kernels[-1].name))
-        initrd = Path(shutil.copy2(root / f"boot/initrd.img-{version}",
-                                   dest / f"initrd.img-{version}"))
+        return _copy_boot_files(root, dest)
+
+
+def _copy_boot_files(root: Path, dest: Path) -> tuple[Path, Path]:
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise LookupError(f"no kernel in {root}/boot")
+    version = kernels[-1].name[len("vmlinuz-"):]
+    kernel = Path(shutil.copy2(kernels[-1], dest / kernels[-1].name))
+    initrd = Path(shutil.copy2(root / f"boot/initrd.img-{version}",
+                               dest / f"initrd.img-{version}"))
     return kernel, initrd
 
 
@@ -401,7 +408,8 @@ def prep_boot(image: Path, usb_image: Path | None, script: str,
     with tempfile.TemporaryDirectory(prefix="steward-prep-") as tmp:
         with mounted_partition(image, 3) as root:
             _write(root, PREP_SCRIPT, script, 0o755)
-        kernel, initrd = boot_files(image, Path(tmp))
+            _write(root, PREP_INIT, PREP_INIT_SCRIPT, 0o755)  # the current version
+            kernel, initrd = _copy_boot_files(root, Path(tmp))
         append = f"root=LABEL=root rw console=ttyS0,115200 init={PREP_INIT} panic=-1"
         disks: list[tuple[Path | str, DiskBus]] = [(image, "virtio")]
         if usb_image is not None:

@@ -1,0 +1,152 @@
+"""The disaster-recovery promise end to end, under qemu (TCG):
+
+1. a small Debian server (tests.vm.server) formats a USB stick with steward and backs itself up
+   to it twice — once booted with UEFI (OVMF), once with BIOS (SeaBIOS) — so the stick carries
+   two whole-system generations and the rescue system (built on the first, current on the
+   second);
+2. BIOS: the server's disk is replaced by a blank one of the same size; the stick boots
+   (SeaBIOS -> GRUB i386-pc -> the rescue system), the default menu entry restores the newest
+   generation after the disk name is typed; the restored disk then boots on its own and its
+   marker file has its content, SELinux label and file capability;
+3. UEFI: a larger blank disk; the stick boots through OVMF; the newest generation is declined
+   at the prompt, the older (UEFI) one picked in the rescue menu and restored, its firmware
+   boot entry made in the persistent NVRAM; the restored disk boots with the same marker.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.vm.machine import VM, fresh_nvram, skip_reason
+from tests.vm.server import (
+    MARKER_CAPS,
+    MARKER_SELINUX,
+    MARKER_TEXT,
+    GiB,
+    build_server_rootfs,
+    make_server_disk,
+    prep_boot,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.root,
+              pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))]
+SIZE = 2 * GiB
+# The server also gets its distribution's GRUB at EFI/debian (not only the removable path), as
+# an installed system has: the restore makes the firmware entry for it.
+FIRST = """set -x
+grub-install --target=x86_64-efi --efi-directory=/boot/efi --bootloader-id=debian --no-nvram
+steward usb format /dev/sda --yes
+steward backup create --usb
+"""
+SECOND = """set -x
+steward backup create --usb
+steward backup list --target /dev/null 2>/dev/null || true
+"""
+
+
+@dataclass
+class Stick:
+    usb: Path
+    gens: list[str]  # oldest first: [uefi generation, bios generation]
+    logs: Path
+
+
+def _gen_ids(console: str) -> list[str]:
+    return re.findall(r"generation (\d{8}T\d{6}Z) committed in", console)
+
+
+@pytest.fixture(scope="module")
+def stick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stick]:
+    base = tmp_path_factory.mktemp("rescue")
+    rootfs = build_server_rootfs()
+    server, usb = base / "server.img", base / "usb.img"
+    make_server_disk(rootfs, server, SIZE)
+    with open(usb, "wb") as fh:
+        fh.truncate(2 * GiB)
+    gens = []
+    for n, (firmware, script) in enumerate((("uefi", FIRST), ("bios", SECOND)), 1):
+        nvram = fresh_nvram(base / f"prep{n}.vars") if firmware == "uefi" else None
+        console = prep_boot(server, usb, script, firmware, timeout=1500, nvram=nvram,
+                            log_file=base / f"prep{n}.log", memory=1536)
+        assert "PREP-RC=0" in console, console[-4000:]
+        found = _gen_ids(console)
+        assert found, console[-4000:]
+        gens.append(found[-1])
+        if n == 1:
+            assert "rescue system rebuilt" in console, console[-4000:]
+            assert "BIOS boot: GRUB i386-pc on /dev/sda" in console
+            assert "UEFI boot: EFI/BOOT/BOOTX64.EFI" in console
+        else:
+            assert "rescue system current" in console, console[-4000:]
+            assert "boot menu: 2 generations to restore" in console
+    yield Stick(usb, gens, base)
+
+
+def _restore(vm: VM, disk: str = "vda") -> str:
+    vm.expect(r"archives intact", 900)
+    vm.expect(r"Type the name of the disk to overwrite \(vda\)", 60)
+    vm.sendline(disk)
+    done = vm.expect(r"restore of \d{8}T\d{6}Z done|restore FAILED.*", 1800)
+    assert "done" in done.group(0), vm.output[-6000:]
+    return vm.output
+
+
+def _boots_with_marker(disk: Path, firmware: str, nvram: Path | None, log: Path) -> None:
+    with VM([(disk, "virtio")], firmware=firmware, nvram=nvram, memory=1024,
+            log=log) as vm:
+        m = vm.expect(r"MARKER content=(.*) selinux=(.*) caps=(.*)", 900)
+        assert m.group(1).strip() == MARKER_TEXT
+        assert m.group(2).strip() == MARKER_SELINUX
+        assert MARKER_CAPS.split("+")[0] in m.group(3)
+        vm.expect(r"MARKER-DONE", 120)
+        vm.wait(300)
+
+
+def test_bios_rescue_boot_restores_onto_a_blank_disk_of_the_same_size(stick: Stick,
+                                                                       tmp_path: Path) -> None:
+    blank = tmp_path / "blank.img"
+    with open(blank, "wb") as fh:
+        fh.truncate(SIZE)
+    with VM([(blank, "virtio"), (stick.usb, "usb")], firmware="bios", boot_usb_first=True,
+            memory=1536, log=stick.logs / "bios-rescue.log") as vm:
+        vm.expect(rf"steward: restore .* from {stick.gens[1]}", 300)  # the menu, both listed
+        vm.expect(rf"steward: restore .* from {stick.gens[0]}", 30)
+        vm.expect(r"steward drive /dev/sd\w+\d .* mounted read-only", 600)
+        out = _restore(vm)
+        assert f"Restore generation {stick.gens[1]}" in out
+        assert "boot loader: GRUB (i386-pc) installed on /dev/vda" in out
+        assert "SELinux" in out and "initramfs: kept" in out
+        vm.expect(r"choose: ", 120)
+        vm.sendline("p")
+        vm.wait(120)
+    _boots_with_marker(blank, "bios", None, stick.logs / "bios-restored.log")
+
+
+def test_uefi_rescue_boot_restores_an_older_generation_onto_a_larger_disk(stick: Stick,
+                                                                          tmp_path: Path) -> None:
+    blank = tmp_path / "blank.img"
+    with open(blank, "wb") as fh:
+        fh.truncate(SIZE + GiB)
+    nvram = fresh_nvram(tmp_path / "vars.fd")
+    with VM([(blank, "virtio"), (stick.usb, "usb")], firmware="uefi", nvram=nvram,
+            boot_usb_first=True, memory=1536, log=stick.logs / "uefi-rescue.log") as vm:
+        vm.expect(r"Type the name of the disk to overwrite \(vda\)", 1200)
+        vm.sendline("no")  # not the newest (a BIOS generation): the older one, from the menu
+        vm.expect(r"aborted: nothing was written", 60)
+        vm.expect(rf"2\) restore .* from {stick.gens[0]}", 60)
+        vm.expect(r"choose: ", 30)
+        vm.sendline("2")
+        out = _restore(vm)
+        assert f"Restore generation {stick.gens[0]}" in out
+        assert "grown to the end of the disk" in out
+        assert re.search(r"boot loader: firmware entry 'debian' -> \\EFI\\debian\\grubx64.efi",
+                         out), out[-4000:]
+        vm.expect(r"choose: ", 120)
+        vm.sendline("p")
+        vm.wait(120)
+    _boots_with_marker(blank, "uefi", nvram, stick.logs / "uefi-restored.log")
