@@ -111,7 +111,7 @@ class Supervisor:
             if self.config_path is not None:
                 argv += ["--config", str(Path(self.config_path).absolute())]
             self.usb = DriveMonitor(self.env.config.usb, self.env.commands, argv,
-                                    wake=self._wake.set)
+                                    wake=self._wake.set, state_dir=self.state.path)
         self.usb.options = self.env.config.usb  # a reload changes what an insertion does
 
     def _tolerance(self, check_id: str) -> tuple[int, int]:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.config.usb import UsbOptions
@@ -28,6 +29,7 @@ from agent.system.systemd import active_units, run_transient
 
 if TYPE_CHECKING:
     from usbimage.drive import Drive
+    from usbimage.schedule import UsbSchedule
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,9 @@ def parse_uevent(data: bytes) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class DriveEvent:
-    kind: str  # inserted (notify) | backup-started | backup-not-started | ignored
-    drive: Drive
+    kind: str  # inserted (notify) | backup-started | backup-not-started | ignored |
+    #            scheduled-no-drive
+    drive: Drive | None
     summary: str
     detail: str = ""
     unit: str = ""
@@ -81,9 +84,13 @@ class DriveEvent:
     @property
     def alert(self) -> bool:
         """Whether the administrator should hear of it (the rest goes to the journal)."""
-        return self.kind in ("inserted", "backup-not-started")
+        return self.kind in ("inserted", "backup-not-started", "scheduled-no-drive")
 
     def to_alert(self, now: float) -> Alert:
+        if self.drive is None:
+            return Alert("usb", "usb:schedule", Status.WARN, self.summary, details=self.detail,
+                         remedy="plug the steward drive in; steward backup create --usb",
+                         since=now)
         return Alert("usb", f"usb:{self.drive.device}", Status.WARN, self.summary,
                      details=self.detail,
                      remedy=f"steward backup create --usb --device {self.drive.device}",
@@ -100,8 +107,10 @@ class DriveMonitor:
                  systemctl: Sequence[str] = ("systemctl",),
                  systemd_run: Sequence[str] = ("systemd-run",),
                  debounce: float = DEBOUNCE, clock: Callable[[], float] = time.monotonic,
-                 sysfs_root: str = "/sys") -> None:
+                 sysfs_root: str = "/sys", state_dir: Path | None = None) -> None:
         self.options, self.runner, self.argv = options, runner, tuple(argv)
+        self.state_dir = state_dir  # for [usb] schedule (none: not scheduled)
+        self.scheduled: UsbSchedule | None = None
         self.wake = wake
         self.systemctl, self.systemd_run = tuple(systemctl), tuple(systemd_run)
         self.debounce, self.clock, self.sysfs_root = debounce, clock, sysfs_root
@@ -214,10 +223,27 @@ class DriveMonitor:
             except queue.Empty:
                 return out
 
+    def _schedule(self, now: float) -> list[DriveEvent]:
+        want = self.options.schedule if self.state_dir is not None else None
+        if want is None:
+            self.scheduled = None
+            return []
+        if self.scheduled is None or self.scheduled.schedule != want:
+            from usbimage.schedule import UsbSchedule
+
+            assert self.state_dir is not None
+            self.scheduled = UsbSchedule(want, self.runner, self.state_dir, self._backup)
+        try:
+            return self.scheduled.tick(now)
+        except Exception:  # a broken schedule must not stop supervision
+            log.exception("USB backup schedule failed")
+            return []
+
     def alerts(self, now: float) -> list[Alert]:
-        """The events since the last call, logged; those to mail as alerts."""
+        """The events since the last call (and a scheduled backup when it is due), logged;
+        those to mail as alerts."""
         out = []
-        for e in self.events():
+        for e in [*self.events(), *self._schedule(now)]:
             log.info("%s%s", e.summary, f" ({e.detail})" if e.detail else "")
             if e.alert:
                 out.append(e.to_alert(now))

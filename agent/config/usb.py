@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.config.patch import SCHEDULE
 from agent.config.schema import BOOLEAN, choice, option
 from agent.config.sections import PATH
 
@@ -19,6 +20,10 @@ class UsbOptions:
                             "when a steward drive is plugged in under steward run: back up to "
                             "it (steward backup create --usb, as its own systemd unit), mail "
                             "that it is there, or only log it")
+    schedule: str | None = option(None, SCHEDULE,
+                                  "back up to the drive at these times under steward run (the "
+                                  "[patch] schedule grammar, e.g. \"daily 01:30\", "
+                                  "\"Sat 02:00\"); a drive not plugged in then is an alert")
     rescue: bool = option(True, BOOLEAN,
                           "keep a bootable rescue system on the drive: rebuilt after a "
                           "whole-system backup when the kernel or steward changed, with a boot "

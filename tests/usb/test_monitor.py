@@ -15,13 +15,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent.config.usb import UsbOptions
 from agent.model import Status
 from agent.policy import Alert
 from agent.system.commands import CommandRunner
 from tests.conftest import QUIET, REPO, start_daemon
-from tests.usb.conftest import root_loop, sh
+from tests.usb.conftest import root_loop, sh, usb
 from tests.usb.test_drive import config, generations, make_drive, source_tree
 from usbimage.drive import mounted_at
 from usbimage.monitor import DriveEvent, DriveMonitor
@@ -202,3 +203,37 @@ def test_kernel_uevents_are_parsed_and_other_messages_are_not():
         ("add", "block", "partition", "loop3p3")
     assert parse_uevent(b"libudev\0\xfe\xed\xca\xfe...") == {}  # udevd's format: not ours
     assert parse_uevent(b"") == {}
+
+
+def test_scheduled_backup_starts_on_time_once_and_alerts_without_a_drive(
+        tmp_path: Path, loop_disk: Callable[[int], str]) -> None:
+    """[usb] schedule: due at 01:30 local time; before that nothing, at it the backup is
+    started for the one steward drive attached, not again until the next day; with no drive
+    it is an alert instead of a silent skip."""
+    from datetime import datetime
+
+    from usbimage.schedule import UsbSchedule
+
+    started: list[tuple[str, str]] = []
+
+    def start(drive: Any, what: str) -> DriveEvent:
+        started.append((drive.device, what))
+        return DriveEvent("backup-started", drive, what)
+
+    def local(day: int, hour: int, minute: int) -> float:
+        return datetime(2026, 11, day, hour, minute).astimezone().timestamp()
+
+    sched = UsbSchedule("daily 01:30", CommandRunner(), tmp_path, start)
+    assert sched.tick(local(23, 1, 0)) == []
+    [event] = sched.tick(local(23, 1, 31))
+    assert event.kind == "scheduled-no-drive" and event.alert
+    assert event.to_alert(0).check == "usb:schedule"
+    assert "no steward drive is plugged in" in event.summary and not started
+    assert sched.tick(local(23, 2, 0)) == []  # once per time
+    dev = loop_disk(1100)
+    assert usb("format", dev, "--yes", "--force").code == 0
+    again = UsbSchedule("daily 01:30", CommandRunner(), tmp_path, start)  # after a restart
+    assert again.tick(local(23, 3, 0)) == []  # 01:30 today was handled before the restart
+    [event] = again.tick(local(24, 1, 30))
+    assert event.kind == "backup-started" and started == [
+        (f"{dev}p3", "scheduled USB backup (Tue 2026-11-24 01:30)")]
