@@ -48,6 +48,9 @@ OPTIONAL = ("mkfs.xfs", "mkfs.vfat", "mkfs.ext2", "mkfs.ext3", "lvm", "efibootmg
             "vi", "grep", "sed", "head", "tail", "wc", "df", "free", "ps", "losetup", "e2fsck",
             "xfs_repair", "fsck", "fsck.ext4", "blockdev", "getfattr", "getcap", "sha256sum",
             "cpio", "findmnt", "kill", "stty", "setfiles")
+# Kernel modules a restore needs after the drivers are up: filesystems, code pages, LVM.
+RESTORE_MODULES = ("vfat", "nls_cp437", "nls_ascii", "nls_iso8859_1", "nls_utf8", "ext4",
+                   "xfs", "dm_mod", "efivarfs", "loop")
 STEWARD_PACKAGES = ("agent", "checks", "backup", "patch", "usbimage")
 # What a restore imports: the rescue menu, the command line, the restore path.
 PROBE_IMPORTS = ("agent.cli", "usbimage.rescuemenu", "usbimage.restorecli", "backup.restore",
@@ -83,11 +86,6 @@ done
 for d in proc sys dev dev/pts run; do
     mkdir -p "/steward/$d" && mount -o bind "/$d" "/steward/$d"
 done
-for m in /lib/modules /usr/lib/modules; do
-    if [ -d "$m" ] && [ ! -L "$m" ]; then
-        mkdir -p "/steward$m" && mount -o bind "$m" "/steward$m"
-    fi
-done
 if command -v chroot >/dev/null 2>&1; then
     exec chroot /steward /usr/bin/steward-rescue
 fi
@@ -96,8 +94,11 @@ exec /steward/usr/sbin/chroot /steward /usr/bin/steward-rescue
 LAUNCHER = """#!/bin/sh
 export PYTHONPATH=/opt/steward/lib PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 export TERM="${TERM:-vt100}" LANG=C.UTF-8
+# what a restore mounts or builds, from the rescue tree's own modules (the distribution's
+# initramfs may lack them: Debian's MODULES=most has no vfat)
+for m in @MODULES@; do modprobe -q "$m" 2>/dev/null; done
 exec /usr/bin/python3 -m usbimage.rescuemenu "$@"
-"""
+""".replace("@MODULES@", " ".join(RESTORE_MODULES))
 STEWARD = """#!/bin/sh
 export PYTHONPATH=/opt/steward/lib
 exec /usr/bin/python3 -m agent "$@"
@@ -216,8 +217,36 @@ def _ignore_stdlib(_dir: str, names: list[str]) -> list[str]:
     return [n for n in names if n in _SKIP_STDLIB or n.startswith("config-3")]
 
 
-def build_tree(tree: Path, runner: CommandRunner, say: Callable[[str], None]) -> list[str]:
-    """The rescue root under ``tree``; returns notes (optional tools that are missing)."""
+def _modules(tree: Path, release: str, runner: CommandRunner) -> list[str]:
+    """RESTORE_MODULES and what they depend on (modprobe --show-depends), with a modules.dep
+    of their own (depmod -b), for the rescue tree's modprobe."""
+    modprobe, depmod = which("modprobe"), which("depmod")
+    base = Path(f"/lib/modules/{release}")
+    if modprobe is None or depmod is None or not base.is_dir():
+        return [f"kernel modules for the restore not added (no kmod or no {base})"]
+    files: list[str] = []
+    for name in RESTORE_MODULES:
+        cp = runner.run([modprobe, "--show-depends", "--set-version", release, name],
+                        timeout=60, ok_codes=range(256))
+        files += [line.split()[1] for line in cp.stdout.splitlines()
+                  if line.startswith("insmod ") and len(line.split()) > 1]
+    dest = tree / "usr/lib/modules" / release
+    for f in dict.fromkeys(files):
+        target = dest / os.path.relpath(os.path.realpath(f), os.path.realpath(base))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+    for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        if (base / name).is_file():
+            shutil.copy2(base / name, dest / name)
+    runner.run([depmod, "-b", str(tree / "usr"), release], timeout=120)
+    return []
+
+
+def build_tree(tree: Path, runner: CommandRunner, say: Callable[[str], None],
+               release: str | None = None) -> list[str]:
+    """The rescue root under ``tree`` for kernel ``release`` (default: the running one);
+    returns notes (optional tools that are missing)."""
+    release = release or kernel_release()
     notes = []
     _top_dirs(tree)
     for d in ("etc", "proc", "sys", "dev", "run", "tmp", "mnt", "root", "opt/steward/lib",
@@ -255,6 +284,7 @@ def build_tree(tree: Path, runner: CommandRunner, say: Callable[[str], None]) ->
     sos = [str(p) for p in tree.rglob("*.so*") if p.is_file() and not p.is_symlink()]
     for f in sorted(_libs([*binaries, *sos], runner)):
         _copy(f, tree)
+    notes += _modules(tree, release, runner)
     _etc(tree, runner)
     for rel, text in (("init", STAGE1), ("usr/bin/steward-rescue", LAUNCHER),
                       ("usr/bin/steward", STEWARD)):

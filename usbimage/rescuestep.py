@@ -40,7 +40,7 @@ def refresh(data_root: Path, disk: str, runner: CommandRunner, say: Callable[[st
             tree = Path(tmp) / "steward"
             tree.mkdir()
             try:
-                notes += rescue.build_tree(tree, runner, say)
+                notes += rescue.build_tree(tree, runner, say, release)
                 say("rescue: making the initramfs (a minute or more)")
                 initrd = Path(tmp) / "initrd.img"
                 how = rescue.distro_initramfs(release, initrd, runner)

@@ -23,7 +23,7 @@ from backup.store import Generation
 from usbimage.detect import Disk
 
 MIB = 2**20
-GPT_TAIL = 34  # sectors at the end of the disk: the backup GPT header and entries
+GPT_TAIL = 33  # sectors at the end of the disk: the backup GPT entries (32) and header
 SUPPORTED = ("ext2", "ext3", "ext4", "xfs", "vfat", "swap")
 GROWABLE = ("ext2", "ext3", "ext4", "xfs", "LVM2_member")
 _SNAPSHOT = re.compile(r"steward-snap")
