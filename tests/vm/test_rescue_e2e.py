@@ -99,6 +99,8 @@ def _restore(vm: VM, disk: str = "vda") -> str:
 def _boots_with_marker(disk: Path, firmware: str, nvram: Path | None, log: Path) -> None:
     with VM([(disk, "virtio")], firmware=firmware, nvram=nvram, memory=1024,
             log=log) as vm:
+        if firmware == "uefi":  # through the boot entry the restore made, on the new ESP
+            vm.expect(r'^BdsDxe: starting Boot[0-9A-F]{4} "debian" from HD\(2,GPT', 300)
         vm.expect(r"^MARKER-DONE$", 900)  # the MARKER line is whole by then
         m = re.search(r"^MARKER content=(\S*) selinux=(\S*) caps=(.*)$", vm.output, re.M)
         assert m is not None, vm.output[-3000:]
