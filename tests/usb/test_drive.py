@@ -227,7 +227,8 @@ def test_usb_options_default_to_notify_under_run_steward_usb():
                             '(accepted: "backup", "notify", "ignore")'),
     ({"mount_dir": "run/usb"}, 'steward.toml: usb.mount_dir = "run/usb": not an absolute path '
                                "(accepted: an absolute path)"),
-    ({"label": "X"}, "steward.toml: usb.label: unknown key (accepted: on_insert, schedule, rescue, mount_dir)"),
+    ({"label": "X"}, "steward.toml: usb.label: unknown key (accepted: on_insert, schedule, "
+                     "rescue, mount_dir)"),
 ])
 def test_bad_usb_options_name_the_key_and_what_is_accepted(table, message):
     with pytest.raises(ConfigError) as e:

@@ -157,3 +157,20 @@ def test_rescue_tree_runs_steward_restore_with_nothing_from_the_host(tmp_path: P
     listing = subprocess.run(["cpio", "-t", "--quiet"], input=raw, capture_output=True,
                              timeout=120, check=True).stdout.decode().split()
     assert "steward/init" in listing and "steward/usr/bin/steward-rescue" in listing
+
+
+def test_rescue_system_is_rebuilt_when_the_kernel_or_steward_changes(tmp_path: Path) -> None:
+    want = {"format": 1, "kernel": "5.14.0-427.el9.x86_64", "kernel_size": 1,
+            "kernel_mtime": 100, "steward": "0.1.0", "python": "3.9.18"}
+    assert rescue.stale(tmp_path, want) == "there is no rescue system on the drive yet"
+    home = tmp_path / rescue.HOME
+    home.mkdir(parents=True)
+    (home / "rescue.json").write_text(json.dumps(want))
+    assert rescue.stale(tmp_path, want) == "the rescue system on the drive is incomplete"
+    (home / "vmlinuz").write_bytes(b"k")
+    (home / "initrd.img").write_bytes(b"i")
+    assert rescue.stale(tmp_path, want) is None
+    newer = dict(want, kernel="5.14.0-503.el9.x86_64", kernel_mtime=200)
+    assert rescue.stale(tmp_path, newer) == \
+        "the kernel changed (5.14.0-427.el9.x86_64 -> 5.14.0-503.el9.x86_64)"
+    assert "steward changed" in str(rescue.stale(tmp_path, dict(want, steward="0.2.0")))

@@ -10,7 +10,8 @@
    marker file has its content, SELinux label and file capability;
 3. UEFI: a larger blank disk; the stick boots through OVMF; the newest generation is declined
    at the prompt, the older (UEFI) one picked in the rescue menu and restored, its firmware
-   boot entry made in the persistent NVRAM; the restored disk boots with the same marker.
+   boot entry made in the persistent NVRAM (and not again when the same restore is repeated);
+   the restored disk boots through that entry with the same marker.
 """
 
 from __future__ import annotations
@@ -149,6 +150,11 @@ def test_uefi_rescue_boot_restores_an_older_generation_onto_a_larger_disk(stick:
         assert "grown to the end of the disk" in out
         assert re.search(r"boot loader: firmware entry 'debian' -> \\EFI\\debian\\grubx64.efi",
                          out), out[-4000:]
+        vm.expect(r"choose: ", 120)
+        vm.sendline("2")  # the same restore again: its firmware entry is not added twice
+        out = _restore(vm)
+        assert "firmware entry 'debian' (\\EFI\\debian\\grubx64.efi) is there already; " \
+            "none added" in out, out[-3000:]
         vm.expect(r"choose: ", 120)
         vm.sendline("p")
         vm.wait(120)
