@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,7 +24,7 @@ from backup.progress import human
 from backup.store import Generation, Store, StoreError
 from usbimage import restoredisk, restorefix
 from usbimage.detect import Disk, blkid, list_disks
-from usbimage.restoreplan import Plan, make_plan, text, uuids_in_use
+from usbimage.restoreplan import Plan, make_plan
 
 REPORT = "var/log/steward-restore.txt"  # kept on the restored system
 DEFAULT_MOUNT = "/run/steward/restore"
@@ -58,6 +58,47 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
     r.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     r.add_argument("--mount-dir", type=Path, default=Path(DEFAULT_MOUNT), metavar="DIR",
                    help=f"where the restored system is mounted meanwhile (default {DEFAULT_MOUNT})")
+
+
+def uuids_in_use(present: Iterable[dict[str, str]]) -> set[str]:
+    """Filesystem and partition UUIDs on the disks that stay (blkid -p records)."""
+    out: set[str] = set()
+    for rec in present:
+        for key in ("UUID", "PART_ENTRY_UUID", "UUID_SUB"):
+            if rec.get(key):
+                out.add(rec[key].lower())
+    return out
+
+
+def text(plan: Plan) -> str:
+    g, m = plan.generation, plan.manifest
+    lines = [f"Restore generation {g.id} (created {m.get('created')}, "
+             f"{m.get('totals', {}).get('files', '?')} files, "
+             f"{human(int(m.get('totals', {}).get('bytes', 0)))}) from {g.path.parent}",
+             f"Saved system: {plan.layout.get('hostname', '?')}, boot mode "
+             f"{plan.boot_mode}, kernel {plan.layout.get('kernel', '?')}"]
+    for t in plan.targets:
+        d = t.disk
+        ident = " ".join(x for x in (d.vendor, d.model) if x) or d.transport
+        lines.append(f"Disk {t.saved['name']} ({human(int(t.saved['size']))}) -> {d.path} "
+                     f"({ident}, {human(d.size)}): EVERYTHING ON {d.path} IS DESTROYED")
+        for p in d.partitions:
+            lbl = f" label {p.label!r}" if p.label else ""
+            lines.append(f"    now: {p.path} {human(p.size)} {p.fstype or 'no filesystem'}{lbl}")
+        if d.fstype:
+            lines.append(f"    now: whole disk {d.fstype}")
+        lines += [f"    {n}" for n in t.notes]
+    for f in plan.filesystems:
+        where = f"files of {f.mountpoint}" if f.prefix is not None else "empty"
+        uid = f"UUID {f.uuid}" + (f" -> NEW {f.new_uuid}" if f.new_uuid else "")
+        lbl = f", label {f.label!r}" if f.label else ""
+        lines.append(f"  {f.device}: {f.fstype}, {uid}{lbl}, {where}")
+    for dev, pv_uuid, vg in plan.lvm.pvs:
+        lines.append(f"  {dev}: LVM physical volume {pv_uuid} of {vg}")
+    for vg, lv, size in plan.lvm.lvs:
+        lines.append(f"  /dev/{vg}/{lv}: logical volume, {human(size)}")
+    lines += [f"note: {n}" for n in plan.notes]
+    return "\n".join(lines) + "\n"
 
 
 def _parse_map(items: list[str]) -> dict[str, str]:
