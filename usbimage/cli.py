@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    u = sub.add_parser("usb", help="the USB backup and rescue drive: list, format",
+    u = sub.add_parser("usb", help="the USB backup and rescue drive: list, format, rescue",
                        description="Find and prepare the USB drive that carries the backups "
                        "and boots the rescue system.")
     common(u)
