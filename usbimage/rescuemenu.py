@@ -104,7 +104,7 @@ def menu(target: Path | None, runner: CommandRunner) -> None:
         gens = []
         if target is not None:
             with contextlib.suppress(StoreError):
-                gens = [g for g in Store(target).generations()]
+                gens = Store(target).generations()
         _say("\nsteward rescue")
         for n, g in enumerate(reversed(gens), 1):
             try:

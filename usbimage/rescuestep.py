@@ -4,6 +4,7 @@ loaders with it, and rewrite the boot menu so it lists every generation on the d
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -54,8 +55,6 @@ def refresh(data_root: Path, disk: str, runner: CommandRunner, say: Callable[[st
                     os.fsync(fh.fileno())
                 os.replace(part, home / name)
             fsync_dir(home)
-            import json
-
             write_atomic(home / "rescue.json", json.dumps(want, indent=1) + "\n")
             size = (home / "initrd.img").stat().st_size
         notes.append(f"rescue system rebuilt ({why}): kernel {release}, initramfs by {how} "
