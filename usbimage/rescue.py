@@ -305,7 +305,7 @@ def _etc(tree: Path, runner: CommandRunner) -> None:
         shutil.copytree("/etc/ld.so.conf.d", etc / "ld.so.conf.d", dirs_exist_ok=True)
     (etc / "lvm").mkdir(exist_ok=True)
     (etc / "lvm/lvm.conf").write_text(
-        "devices { obtain_device_list_from_udev = 0 }\n"
+        "devices { obtain_device_list_from_udev = 0 use_devicesfile = 0 }\n"
         "activation { udev_sync = 0 udev_rules = 0 }\n")
     ldconfig = which("ldconfig")
     if ldconfig:

@@ -137,6 +137,8 @@ def main() -> None:
                 "/sys/firmware/efi/efivars"):
             runner.run(["mount", "-t", "efivarfs", "efivarfs", "/sys/firmware/efi/efivars"],
                        timeout=30, ok_codes=range(256))
+        if restorecli.active_vgs():  # the initramfs's udev may have started some
+            runner.run(["lvm", "vgchange", "-an"], timeout=120, ok_codes=range(256))
         _say("steward rescue: looking for the steward drive")
         drive = find_drive(runner)
         if drive is None:

@@ -10,8 +10,10 @@ show the plan; re-read every archive against its sha256; get the target disks' n
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -164,6 +166,20 @@ def _in_use(runner: CommandRunner, every: list[Disk], targets: set[str]) -> set[
     return uuids_in_use(records)
 
 
+def active_vgs(sysfs_root: str = "/sys") -> dict[str, list[str]]:
+    """Volume groups with active logical volumes here: VG name -> device-mapper names."""
+    out: dict[str, list[str]] = {}
+    for path in sorted(glob.glob(f"{sysfs_root}/block/dm-*/dm/name")):
+        try:
+            name = Path(path).read_text().strip()
+        except OSError:
+            continue
+        m = re.match(r"((?:[^-]|--)+)-(?:[^-]|--)", name)  # LVM doubles a name's own '-'
+        if m:
+            out.setdefault(m.group(1).replace("--", "-"), []).append(name)
+    return out
+
+
 def plan_for(gen: Generation, runner: CommandRunner, explicit: dict[str, str],
              new_uuids: bool) -> Plan:
     layout = _layout(gen)
@@ -172,7 +188,15 @@ def plan_for(gen: Generation, runner: CommandRunner, explicit: dict[str, str],
     targets = {t.disk.path for t in first.targets}
     in_use = _in_use(runner, every, targets)
     fixed = {t.saved["name"]: t.disk.path for t in first.targets}
-    return make_plan(gen, layout, present, fixed, new_uuids=new_uuids, in_use=in_use)
+    plan = make_plan(gen, layout, present, fixed, new_uuids=new_uuids, in_use=in_use)
+    active = active_vgs()
+    for vg, _ in plan.lvm.vgs:  # its LVs could not be activated under their own names
+        if vg in active:
+            raise UsageError(f"volume group {vg} is active on this machine "
+                             f"({', '.join(active[vg])}), from a disk that is not restored; "
+                             f"restore from the rescue system, or stop using it and run "
+                             f"'vgchange -an {vg}' first")
+    return plan
 
 
 def _confirmed(plan: Plan, stdin: TextIO, out: TextIO) -> bool:
@@ -239,7 +263,10 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
                 boot = (restorefix.uefi_loader if plan.boot_mode == "uefi"
                         else restorefix.bios_loader)
                 lines.append(boot(plan, root, run))
-                lines.append(restorefix.initramfs(plan, root, run))
+                devices, listed = restorefix.lvm_devices(plan, root, run)
+                if devices:
+                    lines.append(devices)
+                lines.append(restorefix.initramfs(plan, root, run, listed))
             lines.append(f"took {time.monotonic() - started:.0f} s")
             for line in lines:
                 say(line)
@@ -250,6 +277,8 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
                   "\nThe disks are partly written: fix the cause and run steward restore "
                   "again.\n")
         return 1
+    finally:
+        restoredisk.deactivate(plan, run)
     out.write(f"restore of {plan.generation.id} done: report in /{REPORT} of the restored "
               "system. Remove the USB drive and reboot.\n")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,10 +20,16 @@ from usbimage.restoreplan import NewFs, Plan
 
 T_SFDISK, T_MKFS, T_LVM, T_MOUNT = 120.0, 3600.0, 300.0, 120.0
 # No udev in a rescue boot: LVM must neither wait for it nor expect it to make the nodes.
-LVM_CONFIG = ("devices { obtain_device_list_from_udev = 0 } "
-              "activation { udev_sync = 0 udev_rules = 0 verify_udev_operations = 1 } "
-              "global { use_lvmetad = 0 }")
+# LVM sees only the restored PVs: a volume group of the same name elsewhere on this machine
+# (the old disk, still attached) must not get in the way, nor the host's devices file.
+LVM_CONFIG = ("devices {{ obtain_device_list_from_udev = 0 use_devicesfile = 0 "
+              "filter = [ {accept} \"r|.*|\" ] }} "
+              "activation {{ udev_sync = 0 udev_rules = 0 verify_udev_operations = 1 }}")
 
+
+def lvm_config(devices: list[str]) -> str:
+    accept = " ".join(f'"a|^{re.escape(d)}$|"' for d in devices)
+    return LVM_CONFIG.format(accept=accept)
 
 class RestoreError(Exception):
     """A step failed after disks were touched; the message names it."""
@@ -86,10 +93,10 @@ def lvm(plan: Plan, run: Runner) -> None:
     if not plan.lvm.pvs:
         return
     tool = _tool("lvm")
-    cfg = ["--config", LVM_CONFIG]
-    for dev, pv_uuid, _vg in plan.lvm.pvs:
-        keep = ["--uuid", pv_uuid, "--norestorefile"] if pv_uuid and \
-            pv_uuid.lower() not in plan.renames else []
+    cfg = ["--config", lvm_config([d for d, _, _ in plan.lvm.pvs])]
+    for dev, saved_uuid, _vg in plan.lvm.pvs:
+        pv_uuid = plan.renames.get(saved_uuid.lower(), saved_uuid)
+        keep = ["--uuid", pv_uuid, "--norestorefile"] if pv_uuid else []
         run.step(f"make the LVM physical volume {dev}",
                  [tool, "pvcreate", *cfg, "-ff", "-y", *keep, dev], T_LVM)
     for vg, extent in plan.lvm.vgs:
@@ -100,7 +107,20 @@ def lvm(plan: Plan, run: Runner) -> None:
         run.step(f"make the logical volume {vg}/{lv}",
                  [tool, "lvcreate", *cfg, "-y", "-Wy", "-Zy", "-L", f"{size}b", "-n", lv, vg],
                  T_LVM)
-    run.step("make the LVM device nodes", [tool, "vgmknodes", *cfg], T_LVM, quiet=True)
+    if plan.lvm.lvs:
+        run.step("make the LVM device nodes", [tool, "vgmknodes", *cfg], T_LVM, quiet=True)
+
+
+def deactivate(plan: Plan, run: Runner) -> None:
+    """Let go of the restored volume groups, so that the disks have no holders (a second
+    restore onto them, or a clean power-off)."""
+    if not plan.lvm.vgs:
+        return
+    with contextlib.suppress(RestoreError):
+        run.step("deactivate the restored volume groups",
+                 [_tool("lvm"), "vgchange", "--config",
+                  lvm_config([d for d, _, _ in plan.lvm.pvs]), "-an",
+                  *[vg for vg, _ in plan.lvm.vgs]], T_LVM, quiet=True)
 
 
 def mkfs_argv(f: NewFs) -> list[str]:

@@ -6,8 +6,9 @@
   file); UEFI: the boot loader files came back with the EFI system partition, so only the
   firmware's boot entry is made, with efibootmgr, replacing an entry of the same name and
   loader instead of adding a duplicate on every restore;
+- the LVM devices file, where there is one, lists the new PVs instead of the old disks;
 - the initramfs is rebuilt only when it lacks a driver for the disks it must now find, or
-  when UUIDs changed.
+  when UUIDs or the LVM devices file changed (dracut copies that file in).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ CONFIGS = ("etc/fstab", "etc/crypttab", "etc/default/grub", "etc/kernel/cmdline"
            "boot/grub2/grub.cfg", "boot/grub/grub.cfg", "boot/grub2/grubenv",
            "boot/loader/entries/*.conf", "boot/efi/EFI/*/grub.cfg",
            "etc/initramfs-tools/conf.d/resume")
+DEVICES_FILE = "etc/lvm/devices/system.devices"
 _ENTRY = re.compile(r"^Boot([0-9A-Fa-f]{4})\*?\s+(.*?)\s*(?:\t|\s)(HD\(.*)$")
 _HD = re.compile(r"HD\((\d+),GPT,([0-9a-fA-F-]{36})")
 _FILE = re.compile(r"(?:File\()?(\\[^)\s]+)")
@@ -190,7 +192,32 @@ def _driver_modules(disk: str, sysfs_root: str = "/sys") -> set[str]:
     return {m.replace("-", "_") for m in out}
 
 
-def initramfs(plan: Plan, root: Path, run: Runner) -> str:
+def lvm_devices(plan: Plan, root: Path, run: Runner) -> tuple[str, bool]:
+    """The LVM devices file (EL9 has one from the installer) names the old disks by their
+    hardware IDs: LVM on the restored system would ignore the new PVs, and the root volume
+    would not be found. Their entries are replaced with the new devices', by the restored
+    system's own lvm. Returns (what was done, "" when there is no such file; changed)."""
+    devices = root / DEVICES_FILE
+    if not plan.lvm.pvs or not devices.is_file():
+        return "", False
+    tool = _chroot_tool(root, "lvm")
+    if tool is None:
+        return "LVM devices file: NOT updated: the restored system has no lvm", False
+    cfg = ["--config", "devices { obtain_device_list_from_udev = 0 }", "--nolocking"]
+    listed = devices.read_text(errors="replace")
+    for dev, pv_uuid, _ in plan.lvm.pvs:
+        pvid = pv_uuid.replace("-", "")
+        if pvid and f"PVID={pvid}" in listed:
+            run.step(f"drop the old disk's PV {pv_uuid} from the LVM devices file",
+                     [_tool("chroot"), str(root), tool, "lvmdevices", *cfg, "--yes",
+                      "--delpvid", pvid], 60, quiet=True)
+        run.step(f"add {dev} to the LVM devices file", [_tool("chroot"), str(root), tool,
+                 "lvmdevices", *cfg, "--yes", "--adddev", dev], 60, quiet=True)
+    return (f"LVM devices file: {', '.join(d for d, _, _ in plan.lvm.pvs)} listed in "
+            f"/{DEVICES_FILE}", True)
+
+
+def initramfs(plan: Plan, root: Path, run: Runner, devices_changed: bool = False) -> str:
     kernels = sorted(p.name[len("vmlinuz-"):] for p in (root / "boot").glob("vmlinuz-*"))
     if not kernels:
         return "initramfs: no kernel in /boot of the restored system"
@@ -200,21 +227,22 @@ def initramfs(plan: Plan, root: Path, run: Runner) -> str:
     why = "UUIDs changed" if plan.renames else ""
     lister = _chroot_tool(root, "lsinitrd", "lsinitramfs")
     kver = kernels[-1]
-    if not why and need and lister:
-        images = [p for p in (f"boot/initramfs-{kver}.img", f"boot/initrd.img-{kver}")
-                  if (root / p).exists()]
-        builtin = ""
+    images = [p for p in (f"boot/initramfs-{kver}.img", f"boot/initrd.img-{kver}")
+              if (root / p).exists()]
+    listing = None
+    if not why and lister and images and (need or devices_changed):
+        listing = run.step(f"list the initramfs of {kver}", [_tool("chroot"), str(root),
+                           lister, f"/{images[0]}"], 600, quiet=True)
+    if not why and devices_changed and (listing is None or DEVICES_FILE in listing):
+        why = "it holds the LVM devices file, which changed"
+    if not why and need and listing is not None:
         with contextlib.suppress(OSError):
-            builtin = (root / f"usr/lib/modules/{kver}/modules.builtin").read_text()
-        if images:
-            listing = run.step(f"list the initramfs of {kver}", [_tool("chroot"), str(root),
-                               lister, f"/{images[0]}"], 600, quiet=True)
-            have = {Path(line.split()[-1]).name.split(".ko")[0].replace("-", "_")
-                    for line in (listing + "\n" + builtin).splitlines()
-                    if ".ko" in line}
-            missing = sorted(need - have)
-            if missing:
-                why = f"it has no driver for {', '.join(missing)}"
+            listing += "\n" + (root / f"usr/lib/modules/{kver}/modules.builtin").read_text()
+        have = {Path(line.split()[-1]).name.split(".ko")[0].replace("-", "_")
+                for line in listing.splitlines() if ".ko" in line}
+        missing = sorted(need - have)
+        if missing:
+            why = f"it has no driver for {', '.join(missing)}"
     if not why:
         return (f"initramfs: kept (it has the drivers the disks need: "
                 f"{', '.join(sorted(need)) or 'built in'})")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import string
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,6 +216,10 @@ def min_size(saved: dict[str, Any]) -> int:
 
 def new_uuid_for(fstype: str) -> str:
     u = uuidlib.uuid4()
+    if fstype == "LVM2_member":  # LVM's form: 32 of [0-9A-Za-z] grouped 6-4-4-4-4-4-6
+        c = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
+        return "-".join(c[a:b] for a, b in ((0, 6), (6, 10), (10, 14), (14, 18), (18, 22),
+                                            (22, 26), (26, 32)))
     return (u.hex[:4] + "-" + u.hex[4:8]).upper() if fstype == "vfat" else str(u)
 
 
@@ -352,6 +358,9 @@ def make_plan(gen: Generation, layout: dict[str, Any], present: list[Disk],
         if nf.uuid and (new_uuids or nf.uuid.lower() in in_use):
             nf.new_uuid = new_uuid_for(nf.fstype)
             plan.renames[nf.uuid.lower()] = nf.new_uuid
+    for _, pv, _ in plan.lvm.pvs:  # a PV UUID seen twice makes LVM refuse both copies
+        if pv and (new_uuids or pv.lower() in in_use):
+            plan.renames[pv.lower()] = new_uuid_for("LVM2_member")
     if plan.renames and not new_uuids:
         plan.notes.append("some saved UUIDs are in use on this machine: new ones are made and "
                           "fstab and the boot loader configuration are changed to match")
