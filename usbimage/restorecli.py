@@ -96,7 +96,9 @@ def text(plan: Plan) -> str:
         lbl = f", label {f.label!r}" if f.label else ""
         lines.append(f"  {f.device}: {f.fstype}, {uid}{lbl}, {where}")
     for dev, pv_uuid, vg in plan.lvm.pvs:
-        lines.append(f"  {dev}: LVM physical volume {pv_uuid} of {vg}")
+        new = plan.renames.get(pv_uuid.lower())
+        lines.append(f"  {dev}: LVM physical volume {pv_uuid}{f' -> NEW {new}' if new else ''} "
+                     f"of {vg}")
     for vg, lv, size in plan.lvm.lvs:
         lines.append(f"  /dev/{vg}/{lv}: logical volume, {human(size)}")
     lines += [f"note: {n}" for n in plan.notes]

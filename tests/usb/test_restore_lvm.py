@@ -19,7 +19,7 @@ from agent.system.commands import CommandRunner
 from backup.store import Generation
 from usbimage import restoredisk
 from usbimage.detect import Disk
-from usbimage.restorecli import active_vgs
+from usbimage.restorecli import active_vgs, text
 from usbimage.restoreplan import Lvm, Plan, make_plan
 
 MiB = 2**20
@@ -77,6 +77,7 @@ def test_plan_recreates_the_volume_group_and_renews_a_pv_uuid_in_use(tmp_path: P
                      in_use=old_disk_attached, sysfs_root=str(tmp_path))
     new = plan.renames[PV_UUID.lower()]
     assert LVM_UUID.match(new) and new != PV_UUID
+    assert f"/dev/vdb1: LVM physical volume {PV_UUID} -> NEW {new} of vg-mail" in text(plan)
     assert "some saved UUIDs are in use" in plan.notes[0]
 
 
