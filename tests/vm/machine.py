@@ -90,7 +90,8 @@ class VM:
                  append: str | None = None, memory: int = 1024, smp: int = 2,
                  boot_usb_first: bool = False, no_reboot: bool = False,
                  log: Path | None = None, accel: str = "tcg",
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), serials: Sequence[str | None] = (),
+                 scratch: Sequence[int] = ()) -> None:
         if firmware not in ("bios", "uefi"):
             raise ValueError(f"firmware must be 'bios' or 'uefi', not {firmware!r}")
         for _, bus in disks:
@@ -102,6 +103,8 @@ class VM:
         self.memory, self.smp = memory, smp
         self.boot_usb_first, self.no_reboot = boot_usb_first, no_reboot
         self.log, self.accel, self.extra_args = log, accel, list(extra_args)
+        self.serials = list(serials)  # per disk: the serial number the guest sees
+        self.scratch = set(scratch)  # disks (indexes) whose writes are thrown away at the end
         self.started = 0.0  # time.monotonic() at start()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -148,8 +151,11 @@ class VM:
             argv += ["-device", "qemu-xhci,id=xhci"]
         for i, (path, bus) in enumerate(self.disks):
             drive = f"{'u' if bus == 'usb' else 'd'}{i}"
-            argv += ["-drive", f"if=none,id={drive},format=raw,file={path}"]
+            snap = ",snapshot=on" if i in self.scratch else ""
+            argv += ["-drive", f"if=none,id={drive},format=raw,file={path}{snap}"]
             dev = "usb-storage,bus=xhci.0" if bus == "usb" else "virtio-blk-pci"
+            serial = self.serials[i] if i < len(self.serials) else None
+            dev += f",serial={serial}" if serial else ""
             argv += ["-device", f"{dev},drive={drive},bootindex={bootindex[i]}"]
         return argv + self.extra_args
 

@@ -10,15 +10,18 @@ chroot: with ``grub-pc/install_devices`` empty it installs nothing and says so.
     1  BIOS boot (EF02)    1 MiB     grub-pc's core.img
     2  ESP (EF00)         64 MiB     vfat, label ESP, /boot/efi (umask=0077)
     3  Linux root (8300)  the rest   ext4, label root, /
+    4  Linux LVM (8E00)  256 MiB     left empty; ``SRV_ON_LVM`` (run in a prep boot: the
+                                    host has no device-mapper) makes it a PV with /srv on
+                                    vgsrv/srv
 
 copies the rootfs in (through ``losetup --offset/--sizelimit``: no partition nodes for
 loop devices here), installs steward from a wheel built on the host (no network in the
 guest), and adds a marker file with an SELinux label and a file capability plus
 ``steward-marker.service``, which on a normal boot prints ``MARKER content=... selinux=...
-caps=...`` and ``MARKER-DONE`` on ttyS0 and powers the machine off.  The bootloader is
-not installed yet: ``grub-bios-setup`` must not run on this host (it lives in grub-pc,
-whose scripts touch the host's own bootloader), so ``prep_boot()`` does it inside the
-guest on the first maintenance boot.
+srv=... caps=...`` (``parse_marker()``) and ``MARKER-DONE`` on ttyS0 and powers the
+machine off.  The bootloader is not installed yet: ``grub-bios-setup`` must not run on
+this host (it lives in grub-pc, whose scripts touch the host's own bootloader), so
+``prep_boot()`` does it inside the guest on the first maintenance boot.
 
 ``prep_boot(image, usb_image, script)`` boots the image's own kernel directly (qemu
 ``-kernel``) with ``init=/usr/local/sbin/steward-test-prep``: a bash PID 1 that mounts
@@ -59,13 +62,15 @@ MARKER_PATH = "/srv/marker.txt"
 MARKER_TEXT = "steward-marker"
 MARKER_SELINUX = "system_u:object_r:etc_t:s0"
 MARKER_CAPS = "cap_net_bind_service+ep"
+SERVER_SERIAL = "steward-server"  # the disk's serial number (EL9's LVM would name it by that)
 SERVER_PACKAGES: tuple[str, ...] = (
     "linux-image-amd64", "initramfs-tools", "grub-pc", "grub-efi-amd64-bin", "systemd",
     "systemd-sysv", "udev", "kmod", "python3", "python3-psutil", "python3-dnspython",
     "python3-requests", "python3-jinja2", "python3-apscheduler", "python3-pyudev", "zstd",
     "tar", "util-linux", "fdisk", "gdisk", "e2fsprogs", "dosfstools", "mtools", "attr",
-    "libcap2-bin", "acl", "procps", "efibootmgr", "python3-jeepney",
+    "libcap2-bin", "acl", "procps", "efibootmgr", "python3-jeepney", "lvm2",
 )
+LVM_SIZE = 256 * MiB  # partition 4, the LVM physical volume at the end of the disk
 _ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LC_ALL": "C", "HOME": "/root", "TERM": "dumb"}
 _PACKAGES_IN_WHEEL = ("agent", "checks", "backup", "patch", "usbimage")
@@ -87,8 +92,9 @@ MARKER_SCRIPT = f"""\
 # steward-marker.service: report the marker file on the serial port, then power off.
 f={MARKER_PATH}
 tty=/dev/ttyS0
-echo "MARKER content=$(cat $f) selinux=$(getfattr --absolute-names --only-values \\
-  -n security.selinux $f 2>&1 | tr -d '\\0') caps=$(getcap $f 2>&1)" > $tty
+label=$(getfattr --absolute-names --only-values -n security.selinux $f 2>&1 | tr -d '\\0')
+echo "MARKER content=$(cat $f) selinux=$label srv=$(findmnt -no SOURCE /srv) \\
+caps=$(getcap $f 2>&1)" > $tty
 echo MARKER-DONE > $tty
 systemctl --no-block poweroff
 """
@@ -106,6 +112,26 @@ StandardError=journal+console
 
 [Install]
 WantedBy=multi-user.target
+"""
+
+# Run in a prep boot: move /srv (the marker) onto an LVM logical volume on partition 4, with
+# the devices file on, as EL9 installs LVM: the file lists the PV by an ID of its disk (WWID or
+# serial on EL9; Debian's lvm 2.03.16 takes a virtio disk's device name) and its PVID, so a
+# restore that gives the PV a new UUID must rewrite the file, or /srv is not found.
+SRV_ON_LVM = f"""
+sed -i 's/^\\(\\s*\\)# use_devicesfile = .*/\\1use_devicesfile = 1/' /etc/lvm/lvm.conf
+lvmconfig devices/use_devicesfile
+# pvcreate makes the devices file, with this disk in it
+pvcreate -y /dev/vda4 && vgcreate vgsrv /dev/vda4 && lvcreate -y -L 128M -n srv vgsrv
+cat /etc/lvm/devices/system.devices
+mkfs.ext4 -q -L srv /dev/vgsrv/srv
+mkdir -p /mnt/srv && mount /dev/vgsrv/srv /mnt/srv && cp -a /srv/. /mnt/srv/
+setfattr -n security.selinux -v {MARKER_SELINUX} /mnt/srv/marker.txt
+setcap {MARKER_CAPS} /mnt/srv/marker.txt
+umount /mnt/srv && rm -rf /srv/* && mount /dev/vgsrv/srv /srv
+echo '/dev/mapper/vgsrv-srv /srv ext4 defaults,nofail,x-systemd.device-timeout=60 0 2' \\
+  >> /etc/fstab
+getcap /srv/marker.txt && findmnt /srv
 """
 
 PREP_INIT_SCRIPT = f"""\
@@ -141,6 +167,9 @@ if [ -n "$wait_for" ]; then
 fi
 mkdir -p /boot/efi
 mount /boot/efi || echo "PREP-WARN /boot/efi not mounted"
+if grep -qs '[[:space:]]/srv[[:space:]]' /etc/fstab; then  # /srv on LVM (SRV_ON_LVM)
+  vgchange -ay >/dev/null && mount /srv || echo "PREP-WARN /srv not mounted"
+fi
 grub_rc=0
 if [ -e {GRUB_FLAG} ]; then
   echo PREP-GRUB=skipped
@@ -159,6 +188,8 @@ if [ $grub_rc = 0 ]; then
   dmesg -n 7
 fi
 mountpoint -q /boot/efi && umount /boot/efi
+mountpoint -q /srv && umount /srv
+command -v vgchange >/dev/null && vgchange -an >/dev/null
 udevadm control --exit
 sync
 mount -o remount,ro / || echo "PREP-WARN / stays read-write"
@@ -170,6 +201,14 @@ echo PREP-POWEROFF
 poweroff -f || echo o > /proc/sysrq-trigger
 while :; do read -r -t 10 _ <>/dev/console; done
 """
+
+
+def parse_marker(console: str) -> dict[str, str] | None:
+    """The fields of the MARKER line a booted image printed (caps last: it has spaces)."""
+    m = re.search(r"^MARKER content=(\S*) selinux=(\S*) srv=(\S*) caps=(.*)$", console, re.M)
+    if m is None:
+        return None
+    return dict(zip(("content", "selinux", "srv", "caps"), m.groups()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,7 +402,8 @@ def make_server_disk(rootfs: Path, image: Path, size: int = 2 * GiB, *,
         fh.truncate(size)
     _run(["sgdisk", "-n", "1:2048:+1M", "-t", "1:EF02", "-c", "1:bios",
           "-n", "2:0:+64M", "-t", "2:EF00", "-c", "2:ESP",
-          "-n", "3:0:0", "-t", "3:8300", "-c", "3:root", str(image)], timeout=30)
+          "-n", f"3:0:-{LVM_SIZE // MiB}M", "-t", "3:8300", "-c", "3:root",
+          "-n", "4:0:0", "-t", "4:8E00", "-c", "4:lvm", str(image)], timeout=30)
     with loop_partition(image, 2) as dev:
         # -I: a loop device may carry stale partition entries from earlier users (losetup -P)
         _run(["mkfs.vfat", "-I", "-n", "ESP", "-i", esp_volid, dev], timeout=60)
@@ -417,7 +457,8 @@ def prep_boot(image: Path, usb_image: Path | None, script: str,
             append += " steward.wait=/dev/sda"
         deadline = time.monotonic() + timeout
         with VM(disks, firmware=firmware, nvram=nvram, kernel=kernel, initrd=initrd,
-                append=append, memory=memory, no_reboot=True, log=log_file) as vm:
+                append=append, memory=memory, no_reboot=True, log=log_file,
+                serials=[SERVER_SERIAL]) as vm:
             m = vm.expect(r"^PREP-GRUB-RC=(\d+)$|^PREP-GRUB=skipped$", timeout)
             if m.group(1) not in (None, "0"):
                 raise AssertionError(f"GRUB installation failed\n{vm.output[-3000:]}")

@@ -23,6 +23,7 @@ from tests.vm.server import (
     ServerDisk,
     build_server_rootfs,
     make_server_disk,
+    parse_marker,
     prep_boot,
 )
 
@@ -59,11 +60,12 @@ def _boot_marker(image: Path, fw: Firmware, nvram: Path | None, log: Path,
         vm.expect(r"GNU GRUB", 120)
         vm.expect(rf"Command line: BOOT_IMAGE=\S*vmlinuz\S* root=UUID={root_uuid} ", 120)
         vm.expect(r"^MARKER-DONE$", 300)  # expect() may match a line still arriving
-        m = re.search(r"^MARKER content=(\S*) selinux=(\S*) caps=(.*)$", vm.output, re.M)
+        m = parse_marker(vm.output)
         assert m is not None, vm.output[-3000:]
-        assert m.group(1) == MARKER_TEXT
-        assert m.group(2) == MARKER_SELINUX
-        assert m.group(3).endswith("cap_net_bind_service=ep"), m.group(0)
+        assert m["content"] == MARKER_TEXT
+        assert m["selinux"] == MARKER_SELINUX
+        assert m["srv"] == ""  # /srv is a folder of / here (it is on LVM once SRV_ON_LVM ran)
+        assert m["caps"].endswith("cap_net_bind_service=ep"), m
         assert vm.wait(120) == 0
 
 
