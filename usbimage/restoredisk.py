@@ -27,9 +27,10 @@ LVM_CONFIG = ("devices {{ obtain_device_list_from_udev = 0 use_devicesfile = 0 "
               "activation {{ udev_sync = 0 udev_rules = 0 verify_udev_operations = 1 }}")
 
 
-def lvm_config(devices: list[str]) -> str:
-    accept = " ".join(f'"a|^{re.escape(d)}$|"' for d in devices)
+def lvm_config(plan: Plan) -> str:
+    accept = " ".join(f'"a|^{re.escape(d)}$|"' for d, _, _ in plan.lvm.pvs)
     return LVM_CONFIG.format(accept=accept)
+
 
 class RestoreError(Exception):
     """A step failed after disks were touched; the message names it."""
@@ -93,7 +94,7 @@ def lvm(plan: Plan, run: Runner) -> None:
     if not plan.lvm.pvs:
         return
     tool = _tool("lvm")
-    cfg = ["--config", lvm_config([d for d, _, _ in plan.lvm.pvs])]
+    cfg = ["--config", lvm_config(plan)]
     for dev, saved_uuid, _vg in plan.lvm.pvs:
         pv_uuid = plan.renames.get(saved_uuid.lower(), saved_uuid)
         keep = ["--uuid", pv_uuid, "--norestorefile"] if pv_uuid else []
@@ -118,8 +119,7 @@ def deactivate(plan: Plan, run: Runner) -> None:
         return
     with contextlib.suppress(RestoreError):
         run.step("deactivate the restored volume groups",
-                 [_tool("lvm"), "vgchange", "--config",
-                  lvm_config([d for d, _, _ in plan.lvm.pvs]), "-an",
+                 [_tool("lvm"), "vgchange", "--config", lvm_config(plan), "-an",
                   *[vg for vg, _ in plan.lvm.vgs]], T_LVM, quiet=True)
 
 

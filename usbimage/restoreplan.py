@@ -215,11 +215,10 @@ def min_size(saved: dict[str, Any]) -> int:
 
 
 def new_uuid_for(fstype: str) -> str:
-    u = uuidlib.uuid4()
     if fstype == "LVM2_member":  # LVM's form: 32 of [0-9A-Za-z] grouped 6-4-4-4-4-4-6
         c = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
-        return "-".join(c[a:b] for a, b in ((0, 6), (6, 10), (10, 14), (14, 18), (18, 22),
-                                            (22, 26), (26, 32)))
+        return "-".join((c[:6], *(c[i:i + 4] for i in range(6, 26, 4)), c[26:]))
+    u = uuidlib.uuid4()
     return (u.hex[:4] + "-" + u.hex[4:8]).upper() if fstype == "vfat" else str(u)
 
 
