@@ -47,8 +47,8 @@ class Written:
 
 
 class Pipeline:
-    """``tar -c`` of ``names`` under ``root`` | ``zstd`` -> ``path``; ``read_bytes`` tells
-    progress while it runs."""
+    """``tar -c`` of ``names`` under ``root`` | ``zstd`` -> ``fd``, the open file ``path``;
+    ``read_bytes`` tells progress while it runs."""
 
     def __init__(self, root: str, names: Sequence[bytes], path: str, level: int,
                  threads: int = 0) -> None:
@@ -78,13 +78,13 @@ class Pipeline:
             with contextlib.suppress(ProcessLookupError):
                 tar.kill()
 
-    def run(self) -> Written:
+    def run(self, fd: int) -> Written:
+        """Write the archive into ``fd`` (not fsynced: see ``read_back``)."""
         tar_argv = ["tar", "--create", "--file=-", *TAR_ATTRS, "--sparse", "--no-recursion",
                     "--ignore-failed-read", f"--directory={self.root}", "--null",
                     "--verbatim-files-from", "--files-from=-"]
         zstd_argv = ["zstd", f"-{self.level}", f"-T{self.threads}", "-q", "-c"]
         env = dict(os.environ, LC_ALL="C")
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with subprocess.Popen(tar_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=env) as tar, \
                 subprocess.Popen(zstd_argv, stdin=tar.stdout, stdout=subprocess.PIPE,
@@ -105,14 +105,12 @@ class Pipeline:
             timer.start()
             try:
                 crc, stored = _copy(zstd.stdout.fileno(), fd)
-                os.fsync(fd)
             except OSError as e:
                 self.cancel()
                 zstd.kill()
                 raise target_error(self.path, e) from None
             finally:
                 timer.cancel()
-                os.close(fd)
                 feeder.join(60)
                 tar.wait(60)
                 drain.join(60)
@@ -164,9 +162,23 @@ def hash_file(path: str) -> tuple[str, int]:
     return digest, size
 
 
-def read_back(path: str) -> tuple[str, int, int]:
-    """sha256, CRC-32 and size of a file read past the page cache (O_DIRECT, or after
-    dropping the file's cached pages), so the bytes come from the device, not memory."""
+def create_file(path: str) -> int:
+    """A new archive file, open for writing; it must not exist yet."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise target_error(path, e) from None
+
+
+def read_back(path: str, written: int) -> tuple[str, int, int]:
+    """Fsync ``written``, the open file ``path`` (the descriptor that wrote it, so a failed
+    writeback is reported to it), then its sha256, CRC-32 and size as read past the page cache
+    (O_DIRECT, or after dropping the file's cached pages): the bytes come from the device, not
+    memory."""
+    try:
+        os.fsync(written)
+    except OSError as e:
+        raise target_error(path, e) from None
     return _digest(path, from_device=True, crc=True)
 
 

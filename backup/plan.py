@@ -23,6 +23,10 @@ TARGET = 48 << 20  # expected raw bytes of a segment
 MINIMUM, MAXIMUM = 8 << 20, 192 << 20
 LARGE = 32 << 20  # a file at least this big is a segment of its own
 OVERHEAD = 1024  # bytes counted per entry besides its data: headers, xattrs
+# What an entry costs in time, in bytes of data: tar spends ~20 µs on each (stat, open, xattrs,
+# ACLs), what zstd -3 takes for ~5 KB of text. So a segment of 11,000 directories is no
+# quick last job.
+ENTRY_COST = 8 << 10
 FORMAT = b"steward-segment-1"  # part of every key: a change of tar options renews segments
 
 
@@ -34,6 +38,10 @@ class Segment:
     size: int = 0  # raw bytes (data of sparse files: allocated only)
     weight: int = 0  # bytes plus OVERHEAD per entry: what the cut points go by
     link_to: dict[int, bytes] = field(default_factory=dict)  # member index -> its first name
+
+    def cost(self) -> int:
+        """Time to archive, in bytes (for running the longest first)."""
+        return self.size + ENTRY_COST * len(self.members)
 
     def key(self) -> str:
         """What a segment's archive depends on: names and the stat fields that change when a
