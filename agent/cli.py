@@ -97,16 +97,22 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return Path(os.environ.get("STEWARD_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
-def _setup(args: argparse.Namespace, selector: Selector | None = None
+def _setup(args: argparse.Namespace, selector: Selector | None = None, *, checks: bool = True
            ) -> tuple[Registry, Env]:
+    """Config and plugins. ``checks=False``: a command that runs no check loads only the
+    check plugins whose tables the file has (so they are still validated)."""
     source, data = read(args.config)
     tables = data.get("checks", {})
     written = set(tables) if isinstance(tables, dict) else set()
     # With --only, load just the selected plugins, those the file configures (so its every
     # table is still validated) and the service check, which others build on.
-    wanted = None if selector is None or not selector.only else (
-        lambda name: name == "service" or name in written or selector.may_run(name, name))
-    registry = discover(wanted)
+    only = selector if selector is not None and selector.only else None
+
+    def wanted(name: str) -> bool:
+        return name in written or (only is not None and (
+            name == "service" or only.may_run(name, name)))
+
+    registry = discover(wanted if only is not None or not checks else None)
     config = from_tables(data, source, registry.checks, registry.unloaded_checks)
     return registry, Env(config, state_dir=_state_dir(args))
 
@@ -198,7 +204,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    _, env = _setup(args)
+    _, env = _setup(args, checks=False)
     return backup_cli.run(args, env.config.backup, env)
 
 
@@ -213,12 +219,12 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 def cmd_usb(args: argparse.Namespace) -> int:
-    _, env = _setup(args)
+    _, env = _setup(args, checks=False)
     return usb_cli.run(args, env)
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    _, env = _setup(args)
+    _, env = _setup(args, checks=False)
     return restore_cli.run(args, env.commands, mount_dir=env.config.usb.mount_dir)
 
 

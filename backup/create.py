@@ -21,8 +21,15 @@ from typing import Any, TextIO
 
 from agent.config.backup import BackupOptions
 from backup import hooks, index, layout, snapshot
-from backup.archive import (ArchiveError, Pipeline, Written, create_file, hash_file, read_back,
-                            target_error)
+from backup.archive import (
+    ArchiveError,
+    Pipeline,
+    Written,
+    create_file,
+    hash_file,
+    read_back,
+    target_error,
+)
 from backup.mounts import Filesystem, SourceLayout, read_mounts, source_layout
 from backup.plan import Cutter, Segment
 from backup.progress import Progress, human
@@ -148,6 +155,7 @@ class Writer:
         self.done_bytes = self.done_files = 0
         self.running: dict[int, Pipeline] = {}
         self.results: dict[int, dict[str, Any]] = {}
+        self.keys: dict[int, str] = {}  # each final segment's key, taken once
         self.warnings: list[str] = []
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -176,7 +184,8 @@ class Writer:
     def add(self, i: int) -> None:
         """Segment ``i`` is final: link it from an earlier generation or queue it."""
         seg = self.plan.segments[i]
-        hit = self.known.get(seg.key())
+        key = self.keys[i] = seg.key()
+        hit = self.known.get(key)
         with self._wake:
             if self._error is not None:
                 raise self._error  # stops the walk: the backup has failed
@@ -408,7 +417,7 @@ def _manifest(gen_id: str, source: str, opts: BackupOptions, plan: Plan, *, writ
     segs = []
     for i, seg in enumerate(plan.segments):
         r = writer.results[i]
-        segs.append({"name": f"{i:04d}", "fs": seg.fs, "kind": seg.kind, "key": seg.key(),
+        segs.append({"name": f"{i:04d}", "fs": seg.fs, "kind": seg.kind, "key": writer.keys[i],
                      "entries": len(seg.members), "bytes": seg.size, **r})
     stored = sum(s["stored"] for s in segs)
     now = time.time()

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from backup.plan import Segment
 from backup.walk import Entry
 
-_TYPES = ((stat.S_ISREG, "f"), (stat.S_ISDIR, "d"), (stat.S_ISLNK, "l"), (stat.S_ISCHR, "c"),
-          (stat.S_ISBLK, "b"), (stat.S_ISFIFO, "p"))
+_TYPES = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFCHR: "c",
+          stat.S_IFBLK: "b", stat.S_IFIFO: "p"}
 
 
 def logical(prefix: bytes, name: bytes) -> str:
@@ -44,24 +44,19 @@ class Record:
     target: str  # symlink target or, for h, the first name
 
 
-def _type(mode: int) -> str:
-    for test, letter in _TYPES:
-        if test(mode):
-            return letter
-    return "?"
-
-
 def write(path: str, prefix: bytes, seg: Segment, root: bytes) -> None:
     rows = []
+    top, pfx = logical(prefix, b"."), prefix + b"/" if prefix else b""
+    decode, types, links = os.fsdecode, _TYPES, seg.link_to
     for i, e in enumerate(seg.members):
         s: os.stat_result = e.st
-        kind, target = _type(s.st_mode), ""
-        if i in seg.link_to:
-            kind, target = "h", logical(prefix, seg.link_to[i])
+        kind, target = types.get(stat.S_IFMT(s.st_mode), "?"), ""
+        if links and i in links:
+            kind, target = "h", logical(prefix, links[i])
         elif kind == "l":
-            target = os.fsdecode(_readlink(root, e))
-        rows.append([logical(prefix, e.name), kind, s.st_mode, s.st_uid, s.st_gid, s.st_size,
-                     s.st_mtime_ns, target])
+            target = decode(_readlink(root, e))
+        rows.append(["/" + decode(pfx + e.name) if e.name != b"." else top, kind, s.st_mode,
+                     s.st_uid, s.st_gid, s.st_size, s.st_mtime_ns, target])
     with open(path, "xb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
             gz.write(json.dumps(rows).encode("ascii"))  # json's C encoder, in one call

@@ -10,7 +10,6 @@ inode goes into the segment of its first name, so tar stores one inode with seve
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 import struct
 import zlib
@@ -28,6 +27,7 @@ OVERHEAD = 1024  # bytes counted per entry besides its data: headers, xattrs
 # quick last job.
 ENTRY_COST = 8 << 10
 FORMAT = b"steward-segment-1"  # part of every key: a change of tar options renews segments
+_STAT = struct.Struct("<IIIQqqQQQ")  # the stat fields of a member in a key
 
 
 @dataclass
@@ -47,18 +47,15 @@ class Segment:
         """What a segment's archive depends on: names and the stat fields that change when a
         file's content or metadata does (ctime moves on every chmod, chown, xattr or write)."""
         h = hashlib.blake2b(FORMAT + self.kind.encode(), digest_size=20)
-        for e in self.members:
-            s = e.st
-            h.update(e.name + b"\0" + struct.pack(
-                "<IIIQqqQQQ", s.st_mode, s.st_uid, s.st_gid, s.st_size, s.st_mtime_ns,
-                s.st_ctime_ns, s.st_ino, s.st_nlink, s.st_rdev))
+        pack = _STAT.pack
+        h.update(b"".join(
+            name + b"\0" + pack(s.st_mode, s.st_uid, s.st_gid, s.st_size, s.st_mtime_ns,
+                                s.st_ctime_ns, s.st_ino, s.st_nlink, s.st_rdev)
+            for name, s in self.members))
         return h.hexdigest()
 
 
-def data_bytes(st: os.stat_result) -> int:
-    if not stat.S_ISREG(st.st_mode):
-        return 0
-    return min(st.st_size, st.st_blocks * 512)
+_IFMT, _IFREG = 0o170000, stat.S_IFREG
 
 
 class _Cutter:
@@ -114,7 +111,8 @@ class Cutter:
 
     def file(self, e: Entry) -> None:
         st = e.st
-        size = data_bytes(st)
+        # Data bytes (of a sparse file, what is allocated); inline: this runs once per file.
+        size = min(st.st_size, st.st_blocks * 512) if st.st_mode & _IFMT == _IFREG else 0
         if st.st_nlink <= 1:
             self.files.add(e, size)
             return

@@ -37,11 +37,17 @@ class Excludes:
         self._path = compiled([p for p in patterns if "/" in p])
         self._name = compiled([p for p in patterns if "/" not in p])
 
-    def __call__(self, path: bytes) -> bool:
-        """``path``: b"/" + path relative to the source root."""
+    def __call__(self, path: bytes, name: bytes | None = None) -> bool:
+        """``path``: b"/" + path relative to the source root; ``name``: its last part, when
+        the caller has it at hand."""
         if self._path is not None and self._path.match(path):
             return True
-        return self._name is not None and bool(self._name.match(path.rsplit(b"/", 1)[-1]))
+        if self._name is None:
+            return False
+        return self._name.match(path.rsplit(b"/", 1)[-1] if name is None else name) is not None
+
+    def __bool__(self) -> bool:
+        return self._path is not None or self._name is not None
 
 
 @dataclass
@@ -63,14 +69,18 @@ def walk(fs: Filesystem, layout: SourceLayout, excludes: Excludes,
     while the walk goes on) instead of ``files`` collecting them.
     """
     root = os.fsencode(fs.read_root)
-    prefix = os.fsencode(fs.prefix)
     out = Walked([], [])
     top = os.lstat(root)
     out.dirs.append(Entry(b".", top))
-    stack = [b""]
-    lstat = os.lstat
-    keep = on_file or out.files.append
+    # The loop runs once per file, mostly in lstat: locals and cheap tests only.
+    lstat, isdir, sock, dev = os.lstat, stat.S_ISDIR, stat.S_IFSOCK, top.st_dev
+    keep, dirs = on_file or out.files.append, out.dirs.append
+    excluded = excludes if excludes else None
+    skip = skip_inodes or None
     boundaries = {os.fsencode(k): v for k, v in layout.boundaries.items()}
+    logical_root = b"/" + os.fsencode(fs.prefix) + b"/" if fs.prefix else b"/"
+    nfiles = nexcluded = nsockets = 0
+    stack = [b""]
     while stack:
         rel = stack.pop()
         try:
@@ -79,32 +89,32 @@ def walk(fs: Filesystem, layout: SourceLayout, excludes: Excludes,
             continue  # removed while walking
         names.sort()
         subdirs = []
-        base = root + b"/" + rel + b"/" if rel else root + b"/"
+        base, relbase = (root + b"/" + rel + b"/", rel + b"/") if rel else (root + b"/", b"")
         for name in names:
-            child = rel + b"/" + name if rel else name
-            logical = prefix + b"/" + child if prefix else child
-            if excludes(b"/" + logical):
-                out.excluded += 1
+            child = relbase + name
+            if excluded is not None and excluded(logical_root + child, name):
+                nexcluded += 1
                 continue
             try:
                 st = lstat(base + name)
             except FileNotFoundError:
                 continue
-            if (st.st_dev, st.st_ino) in skip_inodes:
-                out.excluded += 1
+            if skip is not None and (st.st_dev, st.st_ino) in skip:
+                nexcluded += 1
                 continue
             mode = st.st_mode
-            if stat.S_ISDIR(mode):
-                reason = boundaries.get(logical)
+            if isdir(mode):
+                reason = boundaries.get(logical_root[1:] + child) if boundaries else None
                 if reason == "filesystem":
                     continue  # walked as its own filesystem
-                out.dirs.append(Entry(child, st))
-                if reason is None and st.st_dev == top.st_dev:
+                dirs(Entry(child, st))
+                if reason is None and st.st_dev == dev:
                     subdirs.append(child)
-            elif stat.S_ISSOCK(mode):
-                out.skipped_sockets += 1  # recreated by their services; tar cannot store them
+            elif mode & 0o170000 == sock:
+                nsockets += 1  # recreated by their services; tar cannot store them
             else:
-                out.nfiles += 1
+                nfiles += 1
                 keep(Entry(child, st))
         stack.extend(reversed(subdirs))
+    out.nfiles, out.excluded, out.skipped_sockets = nfiles, nexcluded, nsockets
     return out
