@@ -43,7 +43,7 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     target(c)
     c.add_argument("--source", type=Path, metavar="DIR", default=Path("/"),
                    help="back up this tree alone (default /, the whole system)")
-    c.add_argument("--jobs", type=int, metavar="N", help="archives written at once "
+    c.add_argument("--jobs", type=int, metavar="N", help="archives compressed at once "
                    "(default: [backup] jobs)")
     c.add_argument("--usb", action="store_true",
                    help="back up to the steward drive's generations folder instead of --target "

@@ -114,7 +114,7 @@ def from_tables(data: Mapping[str, Any], source: str, plugins: Mapping[str, type
     for key, table in tables.items():
         if key not in plugins and key not in broken:
             raise ConfigError(source, f"checks.{key}", _ABSENT, "unknown check",
-                              ", ".join(sorted(plugins)))
+                              ", ".join(sorted({*plugins, *broken})))
         if key in broken and not isinstance(table, Mapping):
             raise ConfigError(source, f"checks.{key}", table, "must be a table")
     checks = {name: build(cls.Options, tables.get(name, {}), source, f"checks.{name}")

@@ -36,8 +36,8 @@ class BackupOptions:
                                       "left out: '/x/*' is relative to the source root, a "
                                       "pattern without '/' matches names anywhere")
     compression_level: int = option(3, number(1, 19, integer=True), "zstd level")
-    jobs: int = option(0, number(0, 64, integer=True), "archives written at once (0: one more "
-                       "than the CPUs)")
+    jobs: int = option(0, number(0, 64, integer=True), "archives compressed at once (0: one "
+                       "per CPU); one more is read back meanwhile")
     pre_hooks: tuple[tuple[str, ...], ...] = option(
         (), COMMANDS, "commands run before the backup (quiesce services); one failing stops it")
     post_hooks: tuple[tuple[str, ...], ...] = option(

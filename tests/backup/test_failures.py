@@ -187,6 +187,11 @@ post_hooks = [["{sh}", "-c", "echo post >> {log}"]]
     (["list"], "[backup]\npre_hooks = [[\"postsuper\", \"-h\", \"ALL\"]]\n",
      "not an absolute path"),
     (["verify", "20990101T000000Z", "--target", "{target}"], "", "no backup generations"),
+    # backup loads only the check plugins the file names, and still validates their tables
+    (["list", "--target", "{target}"], "[checks.disk]\nbogus = 1\n",
+     "checks.disk.bogus: unknown key (accepted: enabled,"),
+    (["list", "--target", "{target}"], "[checks.nosuch]\nx = 1\n",
+     "checks.nosuch: unknown check (accepted: audit, disk,"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path: Path, target: Path, args: list[str], config: str,
                                     message: str) -> None:
