@@ -4,6 +4,9 @@ failing device; damage is found and named; bad input is refused clearly."""
 from __future__ import annotations
 
 import fcntl
+import functools
+import io
+import mmap
 import os
 import signal
 import subprocess
@@ -13,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.config.backup import BackupOptions
+from backup import create
+from backup.archive import KEEPS_NOT
 from tests.backup.conftest import backup, generations, root_loop, write_config
 from tests.conftest import REPO
 from tests.fstree import loop_fs
@@ -119,6 +125,55 @@ def test_failing_device_is_a_failure(tmp_path: Path, slow_config: Path) -> None:
         assert p.returncode == 1, err
         assert "nothing committed" in err and "read-only" in err, err
         assert not [g for g in tgt.iterdir() if g.name[0].isdigit()]
+
+
+def _behind_the_filesystem(image: Path, archive: Path) -> None:
+    """Flip a byte of ``archive`` in the loop device's backing file, as a drive that does not
+    keep what it is given would: the filesystem's page cache still holds the bytes written."""
+    with open(archive, "rb") as fh:
+        probe = fh.read(4096)  # zstd of random data: its first block is found once
+    with open(image, "r+b") as fh, mmap.mmap(fh.fileno(), 0) as disk:
+        at = disk.find(probe)
+        assert at >= 0 and disk.find(probe, at + 1) < 0
+        disk[at + 2000] ^= 0x01
+        disk.flush()
+
+
+@pytest.mark.parametrize(("in_memory", "lies"), [(True, True), (False, True), (False, False)],
+                         ids=["compared-with-memory", "evicted-zstd-checks", "evicted-intact"])
+def test_a_drive_that_does_not_keep_what_it_is_given_is_a_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool, lies: bool) -> None:
+    """The read-back is compared with the bytes written while they are in memory; once they
+    are not, zstd checks the device's bytes against its content checksums."""
+    src = tmp_path / "src"
+    _files(src, 3, 2**20, random=True)
+    read_back = create.read_back
+
+    def between_fsync_and_read_back(path: str, fd: int) -> tuple[str, int]:
+        os.fsync(fd)
+        if not in_memory:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if lies:
+            _behind_the_filesystem(image, Path(path))
+        return read_back(path, fd)
+
+    monkeypatch.setattr(create, "read_back", between_fsync_and_read_back)
+    with loop_fs("ext4", 64, tmp_path) as tgt:
+        image = tmp_path / "ext4-0.img"
+        run = functools.partial(create.create, str(src), tgt, BackupOptions(),
+                                stream=io.StringIO(), say=lambda _: None)
+        if not lies:
+            out = run()
+            assert backup("verify", "--target", str(tgt)).returncode == 0
+            assert out.manifest["totals"]["written"] > 0
+            return
+        with pytest.raises(create.BackupError) as failed:
+            run()
+        assert KEEPS_NOT in str(failed.value)
+        assert ("differ from those written" in str(failed.value)) is in_memory
+        assert ("zstd -t" in str(failed.value)) is not in_memory
+        assert not [g for g in tgt.iterdir() if g.name[0].isdigit() or
+                    g.name.startswith(".partial")]
 
 
 def test_one_corrupted_byte_is_found_and_named(tmp_path: Path, target: Path) -> None:

@@ -40,7 +40,7 @@ def test_compressors_never_exceed_jobs_while_another_archive_is_read_back(
             with lock:
                 active[0] -= 1
 
-    def watched_read_back(path: str, fd: int) -> tuple[str, int, int]:
+    def watched_read_back(path: str, fd: int) -> tuple[str, int]:
         time.sleep(0.1)  # the next compression has taken the freed slot by now
         with lock:
             seen_by_read_back.append(active[0])
