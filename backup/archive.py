@@ -19,6 +19,15 @@ from dataclasses import dataclass
 TAR_ATTRS = ["--format=posix", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls",
              "--selinux"]
 CHUNK = 1 << 20
+# tar's records: 512 blocks of 512 bytes (256 KiB), not 20 (10 KiB). Each write into the pipe
+# wakes zstd; with 10 KiB records that is 200,000 wake-ups for 2 GB. The archive stays plain
+# tar (the end is padded to a whole record, zeros that zstd all but drops); tar reads it back
+# from a pipe whatever the record size.
+BLOCKING = 512
+# Reading: whole records of that size, gathered from however the pipe delivers them, so tar
+# reads to the archive's end (else zstd gets EPIPE on the padding); a last short record (10 KiB
+# records, archives of earlier versions) is fine.
+READ_RECORDS = [f"--blocking-factor={BLOCKING}", "--read-full-records"]
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ from Python 3.10 on
 TAR_TIMEOUT = 6 * 3600.0  # one segment; a hung device is killed, not waited for forever
 KEEPS_NOT = "the target does not keep what is written to it"
@@ -85,9 +94,10 @@ class Pipeline:
     def run(self, fd: int) -> Written:
         """Write the archive into ``fd`` (not fsynced: see ``read_back``). zstd writes the
         file itself: no copy through this process."""
-        tar_argv = ["tar", "--create", "--file=-", *TAR_ATTRS, "--sparse", "--no-recursion",
-                    "--ignore-failed-read", f"--directory={self.root}", "--null",
-                    "--verbatim-files-from", "--files-from=-"]
+        tar_argv = ["tar", "--create", "--file=-", f"--blocking-factor={BLOCKING}", *TAR_ATTRS,
+                    "--sparse", "--no-recursion", "--ignore-failed-read",
+                    f"--directory={self.root}", "--null", "--verbatim-files-from",
+                    "--files-from=-"]
         # --check: a content checksum per frame, which read_back falls back on. One archive
         # of several at once: --single-thread, no I/O thread beside the compressor.
         threads = "--single-thread" if self.threads == 1 else f"-T{self.threads}"
@@ -301,8 +311,8 @@ def check_frames(path: str, why: str) -> None:
 
 def extract(path: str, dest: str, members: Sequence[bytes] | None) -> list[str]:
     """Unpack segment ``path`` into ``dest`` (all of it, or just ``members``); tar's warnings."""
-    argv = ["tar", "--extract", "--file=-", *TAR_ATTRS, "--same-owner", "--same-permissions",
-            f"--directory={dest}"]
+    argv = ["tar", "--extract", "--file=-", *READ_RECORDS, *TAR_ATTRS, "--same-owner",
+            "--same-permissions", f"--directory={dest}"]
     if members is not None:
         argv += ["--no-recursion", "--null", "--verbatim-files-from", "--files-from", "-"]
     return _pipe_into_tar(path, argv, members)
@@ -310,7 +320,8 @@ def extract(path: str, dest: str, members: Sequence[bytes] | None) -> list[str]:
 
 def compare(path: str, live_root: str) -> list[str]:
     """``tar --compare`` of a segment against the live tree: the lines that differ."""
-    argv = ["tar", "--compare", "--file=-", *TAR_ATTRS, f"--directory={live_root}"]
+    argv = ["tar", "--compare", "--file=-", *READ_RECORDS, *TAR_ATTRS,
+            f"--directory={live_root}"]
     return _pipe_into_tar(path, argv, None, ok=(0, 1))
 
 
