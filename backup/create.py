@@ -1,6 +1,6 @@
 """``steward backup create``: hooks, (snapshots,) walk, segments, write + read back, commit,
-retention. Nothing is committed unless every archive was written, fsynced and read back from
-the target with the checksum it was written with."""
+retention. Nothing is committed unless every archive was written, fsynced, read back from the
+target and found to be the bytes written."""
 
 from __future__ import annotations
 
