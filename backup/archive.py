@@ -1,5 +1,5 @@
-"""tar | zstd pipelines: writing a segment (hashed as it is written, read back from the device
-before it counts) and extracting one."""
+"""tar | zstd pipelines: writing a segment (read back from the device and compared with the
+bytes written before it counts) and extracting one."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import os
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 # Every attribute restore needs: xattrs of all namespaces (security.selinux,
 # security.capability, user.*), POSIX ACLs, sparse maps, numeric owners, nanosecond times.
@@ -52,12 +51,6 @@ def target_error(path: str, e: OSError) -> ArchiveError:
     return ArchiveError(f"{what} ({path}: {e.strerror})")
 
 
-@dataclass
-class Written:
-    stored: int  # compressed bytes
-    warnings: list[str]
-
-
 class Pipeline:
     """``tar -c`` of ``names`` under ``root`` | ``zstd`` -> ``fd``, the open file ``path``;
     ``read_bytes`` tells progress while it runs."""
@@ -91,9 +84,9 @@ class Pipeline:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
 
-    def run(self, fd: int) -> Written:
-        """Write the archive into ``fd`` (not fsynced: see ``read_back``). zstd writes the
-        file itself: no copy through this process."""
+    def run(self, fd: int) -> list[str]:
+        """Write the archive into ``fd`` (not fsynced: see ``read_back``); tar's warnings. zstd
+        writes the file itself: no copy through this process."""
         tar_argv = ["tar", "--create", "--file=-", f"--blocking-factor={BLOCKING}", *TAR_ATTRS,
                     "--sparse", "--no-recursion", "--ignore-failed-read",
                     f"--directory={self.root}", "--null", "--verbatim-files-from",
@@ -141,11 +134,7 @@ class Pipeline:
         if tar.returncode not in (0, 1):
             raise ArchiveError(f"tar failed (exit {tar.returncode}) in {self.root}: "
                                f"{tar_err[-500:]}")
-        try:
-            stored = os.fstat(fd).st_size
-        except OSError as e:
-            raise target_error(self.path, e) from None
-        return Written(stored, tar_err.splitlines())
+        return tar_err.splitlines()
 
 
 def _os_error(message: str) -> OSError | None:

@@ -22,10 +22,8 @@ from typing import Any, TextIO
 from agent.config.backup import BackupOptions
 from backup import hooks, index, layout, snapshot
 from backup.archive import (
-    KEEPS_NOT,
     ArchiveError,
     Pipeline,
-    Written,
     create_file,
     hash_file,
     read_back,
@@ -261,8 +259,8 @@ class Writer:
         try:
             fd = create_file(path)
             with self._slots:
-                written = pipe.run(fd)
-            sha256 = self._read_back(path, fd, written)
+                warnings = pipe.run(fd)
+            sha256, stored = read_back(path, fd)
             try:
                 index.write(str(self.partial / "segments" / f"{name}.idx.gz"),
                             os.fsencode(fs.prefix), seg, os.fsencode(fs.read_root))
@@ -276,18 +274,8 @@ class Writer:
         with self._lock:
             self.done_bytes += seg.size
             self.done_files += len(seg.members)
-            self.warnings.extend(f"{fs.prefix or '/'}: {w}" for w in written.warnings)
-            self.results[i] = {"sha256": sha256, "stored": written.stored, "reused": None}
-
-    @staticmethod
-    def _read_back(path: str, fd: int, written: Written) -> str:
-        """The archive's sha256, from its bytes as read back from the device; read_back has
-        matched them with the bytes written, and there must be as many."""
-        digest, size = read_back(path, fd)
-        if size != written.stored:
-            raise ArchiveError(f"{path}: read back {size} bytes, wrote {written.stored}: "
-                               f"{KEEPS_NOT}")
-        return digest
+            self.warnings.extend(f"{fs.prefix or '/'}: {w}" for w in warnings)
+            self.results[i] = {"sha256": sha256, "stored": stored, "reused": None}
 
     def _link(self, i: int) -> None:
         gen, old = self.plan.reused[i]

@@ -29,7 +29,7 @@ def test_compressors_never_exceed_jobs_while_another_archive_is_read_back(
     active, peak, seen_by_read_back = [0], [0], []
     run, read_back = archive.Pipeline.run, create.read_back
 
-    def counted_run(self: archive.Pipeline, fd: int) -> archive.Written:
+    def counted_run(self: archive.Pipeline, fd: int) -> list[str]:
         with lock:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
