@@ -46,7 +46,6 @@ class Record:
 
 def write(path: str, prefix: bytes, seg: Segment, root: bytes) -> None:
     rows = []
-    top, pfx = logical(prefix, b"."), prefix + b"/" if prefix else b""
     decode, types, links = os.fsdecode, _TYPES, seg.link_to
     for i, e in enumerate(seg.members):
         s: os.stat_result = e.st
@@ -55,8 +54,8 @@ def write(path: str, prefix: bytes, seg: Segment, root: bytes) -> None:
             kind, target = "h", logical(prefix, links[i])
         elif kind == "l":
             target = decode(_readlink(root, e))
-        rows.append(["/" + decode(pfx + e.name) if e.name != b"." else top, kind, s.st_mode,
-                     s.st_uid, s.st_gid, s.st_size, s.st_mtime_ns, target])
+        rows.append([logical(prefix, e.name), kind, s.st_mode, s.st_uid, s.st_gid, s.st_size,
+                     s.st_mtime_ns, target])
     with open(path, "xb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
             gz.write(json.dumps(rows).encode("ascii"))  # json's C encoder, in one call
