@@ -14,9 +14,14 @@ import re
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from errno import ELOOP, ENOENT, ENOTDIR
 from typing import NamedTuple
 
 from backup.mounts import Filesystem, SourceLayout
+
+# A directory being listed: never followed if it became a symlink meanwhile.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_GONE = (ENOENT, ENOTDIR, ELOOP)  # a directory removed, or replaced by a file or symlink
 
 
 class Entry(NamedTuple):
@@ -83,38 +88,58 @@ def walk(fs: Filesystem, layout: SourceLayout, excludes: Excludes,
     stack = [b""]
     while stack:
         rel = stack.pop()
+        listed = _listing(root + b"/" + rel if rel else root)
+        if listed is None:
+            continue
+        fd, names = listed  # names are looked up in fd, not walked from the root each time
         try:
-            names = os.listdir(root + b"/" + rel if rel else root)
-        except FileNotFoundError:
-            continue  # removed while walking
-        names.sort()
-        subdirs = []
-        base, relbase = (root + b"/" + rel + b"/", rel + b"/") if rel else (root + b"/", b"")
-        for name in names:
-            child = relbase + name
-            if excluded is not None and excluded(logical_root + child, name):
-                nexcluded += 1
-                continue
-            try:
-                st = lstat(base + name)
-            except FileNotFoundError:
-                continue
-            if skip is not None and (st.st_dev, st.st_ino) in skip:
-                nexcluded += 1
-                continue
-            mode = st.st_mode
-            if isdir(mode):
-                reason = boundaries.get(logical_root[1:] + child) if boundaries else None
-                if reason == "filesystem":
-                    continue  # walked as its own filesystem
-                dirs(Entry(child, st))
-                if reason is None and st.st_dev == dev:
-                    subdirs.append(child)
-            elif mode & 0o170000 == sock:
-                nsockets += 1  # recreated by their services; tar cannot store them
-            else:
-                nfiles += 1
-                keep(Entry(child, st))
+            subdirs = []
+            relbase = rel + b"/" if rel else b""
+            for name in names:
+                child = relbase + name
+                if excluded is not None and excluded(logical_root + child, name):
+                    nexcluded += 1
+                    continue
+                try:
+                    st = lstat(name, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                if skip is not None and (st.st_dev, st.st_ino) in skip:
+                    nexcluded += 1
+                    continue
+                if isdir(st.st_mode):
+                    reason = boundaries.get(logical_root[1:] + child) if boundaries else None
+                    if reason == "filesystem":
+                        continue  # walked as its own filesystem
+                    dirs(Entry(child, st))
+                    if reason is None and st.st_dev == dev:
+                        subdirs.append(child)
+                elif st.st_mode & 0o170000 == sock:
+                    nsockets += 1  # recreated by their services; tar cannot store them
+                else:
+                    nfiles += 1
+                    keep(Entry(child, st))
+        finally:
+            os.close(fd)
         stack.extend(reversed(subdirs))
     out.nfiles, out.excluded, out.skipped_sockets = nfiles, nexcluded, nsockets
     return out
+
+
+def _listing(path: bytes) -> tuple[int, list[bytes]] | None:
+    """A directory's descriptor and its names, sorted; None if it went away while walking
+    (removed, or replaced by a file or a symlink). The names are read from the descriptor:
+    the directory itself, not whatever the path leads to by then."""
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError as e:
+        if e.errno in _GONE:
+            return None
+        raise
+    try:
+        names = list(map(os.fsencode, os.listdir(fd)))  # str from a descriptor
+    except BaseException:
+        os.close(fd)
+        raise
+    names.sort()
+    return fd, names

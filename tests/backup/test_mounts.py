@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from backup.mounts import Mount, parse_mountinfo, source_layout
+from backup.mounts import Filesystem, Mount, SourceLayout, parse_mountinfo, source_layout
 from backup.plan import Cutter, cut
-from backup.walk import Entry, Excludes, Walked
+from backup.walk import Entry, Excludes, Walked, walk
 from tests.backup.conftest import backup, generations, write_config
 from tests.fstree import have_loop, loop_fs
 
@@ -92,6 +92,35 @@ def test_excludes_anchor_paths_and_match_names() -> None:
     assert ex(b"/proc/1") and ex(b"/proc/1/fd") and not ex(b"/proc")
     assert ex(b"/home/a/x.tmp") and not ex(b"/home/a/x.tmpl")
     assert ex(b"/var/cache/dnf/x") and not ex(b"/var/cache/dnfx")
+
+
+def test_a_directory_replaced_or_removed_while_walking_is_not_followed(tmp_path: Path) -> None:
+    """Names are looked up in each directory's descriptor: one that became a symlink once it
+    was listed is not walked into (its new target may be anywhere), one removed is passed."""
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    for d in ("a", "b", "c", "outside"):
+        (src / d if d != "outside" else outside).mkdir(parents=True)
+    (src / "a" / "x").write_text("x\n")
+    (src / "b" / "y").write_text("y\n")
+    (src / "c" / "z").write_text("z\n")
+    (outside / "secret").write_text("not in the source\n")
+    seen: list[bytes] = []
+
+    def on_file(e: Entry) -> None:
+        seen.append(e.name)
+        if e.name == b"a/x":  # b and c were listed with the root, not yet walked
+            (src / "b" / "y").unlink()
+            (src / "b").rmdir()
+            (src / "b").symlink_to(outside)
+            (src / "c" / "z").unlink()
+            (src / "c").rmdir()
+
+    mount = Mount("/", "/dev/x", "ext4", "/", "rw")
+    fs = Filesystem("", str(src), mount)
+    w = walk(fs, SourceLayout(str(src), (fs,), {}), Excludes([]), on_file=on_file)
+    assert seen == [b"a/x"]
+    assert [e.name for e in w.dirs] == [b".", b"a", b"b", b"c"]
+    assert w.nfiles == 1
 
 
 def _entries(names: list[str]) -> Walked:
