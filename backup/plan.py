@@ -97,17 +97,16 @@ class Cutter:
     def __init__(self, fs: int, emit: Callable[[Segment], None]) -> None:
         self.emit = emit
         self.held: list[Segment] = []
-        self.files = _Cutter(fs, "data", self._closed)
+        self._linked: set[int] = set()  # id() of segments holding a first name
+        held, linked = self.held, self._linked
+
+        def closed(seg: Segment) -> None:  # not a method: no cycle keeping the walk alive
+            (held.append if id(seg) in linked else emit)(seg)
+
+        self.files = _Cutter(fs, "data", closed)
         self.dirs: list[Entry] = []
         self._fs = fs
         self._first: dict[int, tuple[Segment, bytes]] = {}  # inode -> segment, first name
-        self._linked: set[int] = set()  # id() of segments holding a first name
-
-    def _closed(self, seg: Segment) -> None:
-        if id(seg) in self._linked:
-            self.held.append(seg)
-        else:
-            self.emit(seg)
 
     def file(self, e: Entry) -> None:
         st = e.st
@@ -137,7 +136,7 @@ class Cutter:
         self.files.close()
         for seg in self.held:
             self.emit(seg)
-        self.held = []
+        self.held.clear()
         cutter = _Cutter(self._fs, "dirs", self.emit)
         for e in dirs:
             cutter.add(e, 0)

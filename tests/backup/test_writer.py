@@ -3,12 +3,15 @@ back meanwhile, the longest segment first."""
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import stat
 import threading
 import time
+import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,3 +70,35 @@ def test_a_segment_of_many_directories_is_not_left_for_last() -> None:
     dirs = Segment(0, "dirs", _entries(11_000, 0, stat.S_IFDIR | 0o755), size=0)
     data = Segment(0, "data", _entries(100, 480_000), size=48_000_000)
     assert dirs.cost() == 11_000 * ENTRY_COST > data.cost() == 48_000_000 + 100 * ENTRY_COST
+
+
+def test_the_walk_is_given_back_when_the_backup_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """create pauses Python's cycle collector (the walk holds two objects per file, none in
+    a cycle): so nothing may keep the plan alive in a cycle, or it would stay until the
+    collector runs again (in the daemon: a whole system's walk)."""
+    source, target = tmp_path / "src", tmp_path / "target"
+    (source / "d").mkdir(parents=True)
+    target.mkdir()
+    for n in range(50):
+        (source / "d" / f"f{n}").write_text(f"{n}\n")
+    os.link(source / "d" / "f0", source / "d" / "again")  # a segment held to the end too
+    plans: list[weakref.ref[create.Plan]] = []
+    make_plan = create.make_plan
+
+    def kept(*args: Any, **kwargs: Any) -> create.Plan:
+        plan = make_plan(*args, **kwargs)
+        plans.append(weakref.ref(plan))
+        return plan
+
+    monkeypatch.setattr(create, "make_plan", kept)
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        create.create(str(source), target, BackupOptions(), stream=io.StringIO(),
+                      say=lambda _: None)
+        assert plans and plans[0]() is None
+        assert not gc.isenabled()  # the caller's setting is given back
+    finally:
+        if was:
+            gc.enable()
