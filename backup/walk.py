@@ -12,6 +12,7 @@ import fnmatch
 import os
 import re
 import stat
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from errno import ELOOP, ENOENT, ENOTDIR
@@ -22,6 +23,7 @@ from backup.mounts import Filesystem, SourceLayout
 # A directory being listed: never followed if it became a symlink meanwhile.
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _GONE = (ENOENT, ENOTDIR, ELOOP)  # a directory removed, or replaced by a file or symlink
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 class Entry(NamedTuple):
@@ -41,6 +43,17 @@ class Excludes:
 
         self._path = compiled([p for p in patterns if "/" in p])
         self._name = compiled([p for p in patterns if "/" not in p])
+        # What a path must begin with for each path pattern to match: its text up to the
+        # first wildcard ('*' matches '/' too, so nothing after it narrows the place).
+        self._starts = [os.fsencode(re.split(r"[*?\[]", p, maxsplit=1)[0])
+                        for p in patterns if "/" in p]
+
+    def within(self, base: bytes) -> bool:
+        """Can a pattern match an entry of the directory ``base`` (b"/"-rooted, ending in
+        b"/")? Not when there are only path patterns and each one's start neither begins with
+        ``base`` nor is begun by it: then its entries need no test."""
+        return self._name is not None or any(
+            start.startswith(base) or base.startswith(start) for start in self._starts)
 
     def __call__(self, path: bytes, name: bytes | None = None) -> bool:
         """``path``: b"/" + path relative to the source root; ``name``: its last part, when
@@ -50,9 +63,6 @@ class Excludes:
         if self._name is None:
             return False
         return self._name.match(path.rsplit(b"/", 1)[-1] if name is None else name) is not None
-
-    def __bool__(self) -> bool:
-        return self._path is not None or self._name is not None
 
 
 @dataclass
@@ -80,7 +90,6 @@ def walk(fs: Filesystem, layout: SourceLayout, excludes: Excludes,
     # The loop runs once per file, mostly in lstat: locals and cheap tests only.
     lstat, isdir, sock, dev = os.lstat, stat.S_ISDIR, stat.S_IFSOCK, top.st_dev
     keep, dirs = on_file or out.files.append, out.dirs.append
-    excluded = excludes if excludes else None
     skip = skip_inodes or None
     boundaries = {os.fsencode(k): v for k, v in layout.boundaries.items()}
     logical_root = b"/" + os.fsencode(fs.prefix) + b"/" if fs.prefix else b"/"
@@ -95,9 +104,10 @@ def walk(fs: Filesystem, layout: SourceLayout, excludes: Excludes,
         try:
             subdirs = []
             relbase = rel + b"/" if rel else b""
+            test = excludes if excludes.within(logical_root + relbase) else None
             for name in names:
                 child = relbase + name
-                if excluded is not None and excluded(logical_root + child, name):
+                if test is not None and test(logical_root + child, name):
                     nexcluded += 1
                     continue
                 try:
@@ -137,9 +147,10 @@ def _listing(path: bytes) -> tuple[int, list[bytes]] | None:
             return None
         raise
     try:
-        names = list(map(os.fsencode, os.listdir(fd)))  # str from a descriptor
+        listed = os.listdir(fd)  # str from a descriptor: encoded back all in one
     except BaseException:
         os.close(fd)
         raise
+    names = "\0".join(listed).encode(_FS_ENCODING, _FS_ERRORS).split(b"\0") if listed else []
     names.sort()
     return fd, names

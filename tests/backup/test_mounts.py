@@ -94,6 +94,25 @@ def test_excludes_anchor_paths_and_match_names() -> None:
     assert ex(b"/var/cache/dnf/x") and not ex(b"/var/cache/dnfx")
 
 
+def test_excludes_tell_which_directories_need_no_test() -> None:
+    """The walk tests a directory's entries only where some pattern could match one of them;
+    wherever ``within`` says none can, none does."""
+    patterns = ["/proc/*", "/var/cache/dnf/*", "/va?/l*/x", "/home/[ab]*/tmp", "/srv/x"]
+    ex = Excludes(patterns)
+    assert ex.within(b"/") and ex.within(b"/proc/") and ex.within(b"/var/cache/")
+    assert ex.within(b"/home/") and ex.within(b"/home/alice/")  # from '[' on: anything
+    assert not ex.within(b"/usr/") and not ex.within(b"/proc2/")
+    assert not Excludes([]).within(b"/") and Excludes(["*.tmp"]).within(b"/usr/")
+    dirs = [b"/", b"/proc/", b"/proc/1/", b"/var/", b"/var/cache/", b"/var/cache/dnf/",
+            b"/var/log/", b"/vax/", b"/home/", b"/home/ann/", b"/home/cy/", b"/srv/",
+            b"/srv/x/", b"/usr/", b"/usr/share/"]
+    names = [b"x", b"1", b"dnf", b"cache", b"log", b"tmp", b"proc", b"lib", b"bx"]
+    for d in dirs:
+        if not ex.within(d):
+            assert not [n for n in names if ex(d + n, n)], d
+    assert ex(b"/var/log/x") and ex(b"/home/bob/tmp") and ex(b"/srv/x")
+
+
 def test_a_directory_replaced_or_removed_while_walking_is_not_followed(tmp_path: Path) -> None:
     """Names are looked up in each directory's descriptor: one that became a symlink once it
     was listed is not walked into (its new target may be anywhere), one removed is passed."""
