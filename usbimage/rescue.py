@@ -53,8 +53,10 @@ RESTORE_MODULES = ("vfat", "nls_cp437", "nls_ascii", "nls_iso8859_1", "nls_utf8"
                    "xfs", "dm_mod", "efivarfs", "loop")
 STEWARD_PACKAGES = ("agent", "checks", "backup", "patch", "usbimage")
 # What a restore imports: the rescue menu, the command line, the restore path.
+# restorecli imports these where used, so they are named here too.
 PROBE_IMPORTS = ("agent.cli", "usbimage.rescuemenu", "usbimage.restorecli", "backup.restore",
-                 "usbimage.restorefix", "usbimage.drive")
+                 "usbimage.restorefix", "usbimage.restoredisk", "usbimage.restoreplan",
+                 "usbimage.detect", "usbimage.drive")
 _SKIP_STDLIB = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
                 "pydoc_data", "site-packages", "dist-packages", "config-3", "venv"}
 _LDD = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x")

@@ -18,15 +18,18 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.errors import UsageError
 from agent.system.commands import CommandError, CommandRunner
 from backup.progress import human
 from backup.store import Generation, Store, StoreError
-from usbimage import restoredisk, restorefix
-from usbimage.detect import Disk, blkid, list_disks
-from usbimage.restoreplan import Plan, make_plan
+
+# Imported where used: every steward command builds this one's parser, few run it (a
+# re-backup's start-up is ~20 ms shorter, -X importtime).
+if TYPE_CHECKING:
+    from usbimage.detect import Disk
+    from usbimage.restoreplan import Plan
 
 REPORT = "var/log/steward-restore.txt"  # kept on the restored system
 DEFAULT_MOUNT = "/run/steward/restore"
@@ -137,6 +140,8 @@ def _layout(gen: Generation) -> dict[str, Any]:
 def candidates(runner: CommandRunner, explicit: dict[str, str]) -> tuple[list[Disk], list[Disk]]:
     """(disks restore may write, all disks). Loop devices only when named with --map; never
     one in use, read-only or holding the running system (or the drive restored from)."""
+    from usbimage.detect import list_disks
+
     every = list_disks(all_disks=True, runner=runner)
     named = {os.path.realpath(d) for d in explicit.values()}
     ok = []
@@ -156,6 +161,8 @@ def candidates(runner: CommandRunner, explicit: dict[str, str]) -> tuple[list[Di
 
 
 def _in_use(runner: CommandRunner, every: list[Disk], targets: set[str]) -> set[str]:
+    from usbimage.detect import blkid
+
     records = []
     for d in every:
         if d.path in targets:
@@ -184,6 +191,8 @@ def active_vgs(sysfs_root: str = "/sys") -> dict[str, list[str]]:
 
 def plan_for(gen: Generation, runner: CommandRunner, explicit: dict[str, str],
              new_uuids: bool) -> Plan:
+    from usbimage.restoreplan import make_plan
+
     layout = _layout(gen)
     present, every = candidates(runner, explicit)
     first = make_plan(gen, layout, present, explicit, new_uuids=new_uuids)
@@ -241,6 +250,8 @@ def restore_command(args: argparse.Namespace, runner: CommandRunner, gen: Genera
 
 def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
             restore: Callable[..., Any]) -> int:
+    from usbimage import restoredisk, restorefix
+
     started = time.monotonic()
     lines: list[str] = []
 
