@@ -22,6 +22,7 @@ from backup.mounts import Filesystem, SourceLayout
 
 # A directory being listed: never followed if it became a symlink meanwhile.
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ROOT_FLAGS = _DIR_FLAGS & ~os.O_NOFOLLOW  # the read root is given, not found: may be a link
 _GONE = (ENOENT, ENOTDIR, ELOOP)  # a directory removed, or replaced by a file or symlink
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
@@ -97,7 +98,7 @@ def walk(fs: Filesystem, layout: SourceLayout, excludes: Excludes,
     stack = [b""]
     while stack:
         rel = stack.pop()
-        listed = _listing(root + b"/" + rel if rel else root)
+        listed = _listing(root + b"/" + rel) if rel else _listing(root, _ROOT_FLAGS)
         if listed is None:
             continue
         fd, names = listed  # names are looked up in fd, not walked from the root each time
@@ -136,12 +137,12 @@ def walk(fs: Filesystem, layout: SourceLayout, excludes: Excludes,
     return out
 
 
-def _listing(path: bytes) -> tuple[int, list[bytes]] | None:
+def _listing(path: bytes, flags: int = _DIR_FLAGS) -> tuple[int, list[bytes]] | None:
     """A directory's descriptor and its names, sorted; None if it went away while walking
     (removed, or replaced by a file or a symlink). The names are read from the descriptor:
     the directory itself, not whatever the path leads to by then."""
     try:
-        fd = os.open(path, _DIR_FLAGS)
+        fd = os.open(path, flags)
     except OSError as e:
         if e.errno in _GONE:
             return None

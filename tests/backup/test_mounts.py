@@ -142,6 +142,17 @@ def test_a_directory_replaced_or_removed_while_walking_is_not_followed(tmp_path:
     assert w.nfiles == 1
 
 
+def test_a_read_root_given_as_a_symlink_is_walked(tmp_path: Path) -> None:
+    """Only directories found by the walk are never followed; the root it is given may be a
+    link (a caller's source, a snapshot's mount point)."""
+    (tmp_path / "real" / "d").mkdir(parents=True)
+    (tmp_path / "real" / "d" / "f").write_text("f\n")
+    (tmp_path / "link").symlink_to("real")
+    fs = Filesystem("", str(tmp_path / "link"), Mount("/", "/dev/x", "ext4", "/", "rw"))
+    w = walk(fs, SourceLayout(str(tmp_path / "link"), (fs,), {}), Excludes([]))
+    assert [e.name for e in w.files] == [b"d/f"] and [e.name for e in w.dirs] == [b".", b"d"]
+
+
 def _entries(names: list[str]) -> Walked:
     st = os.stat_result((stat.S_IFREG | 0o644, 1, 1, 1, 0, 0, 300_000, 0, 0, 0),
                         {"st_blocks": 600, "st_mtime_ns": 0, "st_ctime_ns": 0, "st_rdev": 0})
