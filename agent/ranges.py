@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from agent.quote import quote
+
 ACCEPTED = "a Nagios range: N (alert above N or below 0), N: (below N), ~:N (above N), " \
     "N:M (outside N..M), @N:M (inside N..M)"
 
@@ -26,7 +28,7 @@ class Range:
         raw = text.strip()
         body = raw[1:] if raw.startswith("@") else raw
         if not body:
-            raise ValueError(f"empty range {text!r}")
+            raise ValueError(f"empty range {quote(text)}")
         if ":" in body:
             lo, _, hi = body.partition(":")
             start = -math.inf if lo == "~" else _number(lo or "0", text)
@@ -34,7 +36,7 @@ class Range:
         else:
             start, end = 0.0, _number(body, text)
         if start > end:
-            raise ValueError(f"range {text!r} starts above its end")
+            raise ValueError(f"range {quote(text)} starts above its end")
         return cls(start, end, raw.startswith("@"), raw)
 
     def alerts(self, value: float) -> bool:
@@ -49,9 +51,9 @@ def _number(s: str, whole: str) -> float:
     try:
         v = float(s)
     except ValueError:
-        raise ValueError(f"{s!r} in range {whole!r} is not a number") from None
+        raise ValueError(f"{quote(s)} in range {quote(whole)} is not a number") from None
     if not math.isfinite(v):
-        raise ValueError(f"{s!r} in range {whole!r} is not a finite number")
+        raise ValueError(f"{quote(s)} in range {quote(whole)} is not a finite number")
     return v
 
 

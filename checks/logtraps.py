@@ -24,6 +24,7 @@ from agent.config.schema import REGEX, CheckOptions, Parser, number, option, tab
 from agent.env import Env
 from agent.fileio import write_atomic
 from agent.model import Check, Metric, Result, Status
+from agent.quote import quote
 from agent.system.commands import CommandError
 
 STATE_FILE = "logtraps.json"
@@ -44,12 +45,12 @@ def _trap(v: Any) -> Mapping[str, Any]:
         raise ValueError("not a table")
     unknown = sorted(set(v) - {"pattern", "file", "journal", "status", "interval"})
     if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r}")
+        raise ValueError(f"unknown key {quote(unknown[0])}")
     pattern, kind = v.get("pattern"), "file" if "file" in v else "journal"
     try:
         REGEX.parse(pattern)
     except ValueError as e:
-        raise ValueError(f"pattern /{pattern}/: {e}") from None
+        raise ValueError(f"pattern {quote(pattern)}: {e}") from None
     if ("file" in v) == ("journal" in v):
         raise ValueError("needs exactly one of file or journal")
     if not isinstance(v[kind], str) or not v[kind] or (

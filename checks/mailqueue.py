@@ -17,6 +17,7 @@ from typing import Any
 from agent.config.schema import RANGE, CheckOptions, number, option
 from agent.env import Env
 from agent.model import Check, Metric, Result, Status
+from agent.quote import quote
 from agent.ranges import Range, judge
 from agent.system.commands import CommandError, CommandNotFound
 from checks.services import watched_units
@@ -97,7 +98,7 @@ def _entry(entry: Any) -> tuple[str, float | None, list[Any]]:
         raise ValueError("not a JSON object")
     queue = entry["queue_name"]
     if not isinstance(queue, str) or not queue.isalnum():
-        raise ValueError(f"queue_name {queue!r} is not a queue name")
+        raise ValueError(f"queue_name {quote(queue)} is not a queue name")
     arrival = entry.get("arrival_time")
     if isinstance(arrival, bool) or not isinstance(arrival, (int, float)) or \
             not math.isfinite(arrival) or arrival <= 0:

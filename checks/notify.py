@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent.config.schema import RANGE, CheckOptions, option
+from agent.config.trust import secret_problem
 from agent.env import Env
 from agent.model import Check, Metric, Result, Status
 from agent.notify.outbox import Outbox
@@ -29,6 +30,14 @@ class NotifyCheck(Check):
             return [self.result(Status.WARN, "no e-mail recipients: alerts reach only the "
                                 "journal", remedy="set [notify.email] to = [...] and relays in "
                                 "the config, then: steward notify test")]
+        if email.username is not None and email.password_file is not None:
+            # Checked at load too; this catches a file changed since (deleted, chmod 644).
+            found = secret_problem(email.password_file)
+            if found is not None:
+                problem, remedy = found
+                return [self.result(Status.CRIT, f"password_file {email.password_file}: "
+                                    f"{problem}; no mail can be sent",
+                                    remedy=remedy or "fix [notify.email] password_file")]
         queued = Outbox(env.state_dir / "outbox").queued()
         if not queued:
             return [self.result(Status.OK, f"no mail waiting; {len(email.to)} recipient(s)",

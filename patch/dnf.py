@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from agent.quote import quote
 from agent.system.commands import (
     CommandError,
     CommandNotFound,
@@ -344,7 +345,7 @@ def _excludes(names: Sequence[str]) -> list[str]:
 def _specs(names: Sequence[str]) -> list[str]:
     for n in names:
         if not n or n.startswith("-") or any(c.isspace() for c in n):
-            raise ValueError(f"not a package name or glob: {n!r}")
+            raise ValueError(f"not a package name or glob: {quote(n)}")
     return list(names)
 
 

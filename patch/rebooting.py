@@ -20,6 +20,7 @@ from typing import Any
 
 from agent.fileio import write_atomic
 from agent.model import Status
+from agent.quote import quote
 from agent.system.commands import CommandError, CommandRunner
 from patch.reboot import RebootHint, core_packages_in
 
@@ -60,7 +61,7 @@ def decide(policy: str, changed: Iterable[str], hint: RebootHint | None = None,
     """``changed``: the names the transaction changed; ``hint``: needs-restarting -r (core
     packages installed since boot, also by earlier runs), None where it cannot be told."""
     if policy not in POLICIES:
-        raise ValueError(f"reboot policy {policy!r} is not one of {', '.join(POLICIES)}")
+        raise ValueError(f"reboot policy {quote(policy)} is not one of {', '.join(POLICIES)}")
     names = sorted(set(changed))
     core = set(core_packages_in(names, extra_core)) | set(hint.packages if hint else ())
     if hint is not None and hint.needed and not hint.packages:

@@ -23,6 +23,7 @@ from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped
 
 from agent.config.patch import PatchOptions, Schedule, parse_schedule
 from agent.fileio import write_atomic
+from agent.quote import quote
 from agent.system.commands import CommandError, CommandRunner
 from agent.system.systemd import active_units, run_transient
 
@@ -107,7 +108,7 @@ def next_window(schedule: str | Schedule | WindowTrigger, after: datetime,
     the schedule's time zone."""
     t = _trigger(schedule, tz).window_start(None, _utc(after) + TICK)
     if t is None:  # every grammar form recurs; only an end_date could stop it
-        raise ValueError(f"schedule {schedule!r} has no window after {after}")
+        raise ValueError(f"schedule {quote(schedule)} has no window after {after}")
     return t
 
 
@@ -190,7 +191,7 @@ def start_transient(unit_name: str, argv: Sequence[str], runner: CommandRunner, 
     """Start ``argv`` as transient unit ``unit_name`` (steward-patch-...), return its full
     name; PatchBusy while a patch unit is active, CommandError if systemd-run fails."""
     if not unit_name.startswith(UNIT_PREFIX + "-"):
-        raise ValueError(f"unit name {unit_name!r} does not start with {UNIT_PREFIX}-")
+        raise ValueError(f"unit name {quote(unit_name)} does not start with {UNIT_PREFIX}-")
     busy = active_patch_units(runner, systemctl)
     if busy:
         raise PatchBusy(busy)

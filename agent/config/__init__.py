@@ -14,6 +14,7 @@ from agent.config.backup import BackupOptions
 from agent.config.patch import PatchOptions
 from agent.config.schema import _ABSENT, CheckOptions, ConfigError, build
 from agent.config.sections import EmailOptions, RestartOptions
+from agent.config.trust import parent_problem
 from agent.config.usb import UsbOptions
 
 if sys.version_info >= (3, 11):
@@ -75,6 +76,8 @@ def read(path: Path | None) -> tuple[str, Mapping[str, Any]]:
     try:
         with open(path, "rb") as fh:
             _refuse_unsafe(fh.fileno(), name)
+            if os.geteuid() == 0:
+                _refuse_unsafe_parents(name)
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(name, "", _ABSENT, "no such file") from None
@@ -86,7 +89,35 @@ def read(path: Path | None) -> tuple[str, Mapping[str, Any]]:
         raise ConfigError(name, "", _ABSENT, f"not valid TOML: {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(name, "", _ABSENT, "not valid TOML: not UTF-8 text") from None
+    except RecursionError:  # the TOML parser recurses once per level of nesting
+        raise ConfigError(name, "", _ABSENT, _TOO_DEEP) from None
+    except MemoryError:
+        raise ConfigError(name, "", _ABSENT, "too large to load") from None
+    where = _too_deep(data)
+    if where is not None:
+        raise ConfigError(name, where, _ABSENT, _TOO_DEEP)
     return name, data
+
+
+# No table of steward's nests deeper than a few levels; a limit keeps every later step (the
+# validation, the messages) far from Python's recursion limit.
+MAX_DEPTH = 16
+_TOO_DEEP = f"arrays or tables nested more than {MAX_DEPTH} deep (steward's need at most 5)"
+
+
+def _too_deep(data: Mapping[str, Any]) -> str | None:
+    """The dotted key of the first value nested deeper than MAX_DEPTH, if any (no recursion)."""
+    stack: list[tuple[Any, int, str]] = [(data, 0, "")]
+    while stack:
+        value, depth, key = stack.pop()
+        if depth > MAX_DEPTH:
+            return key or "(top level)"
+        if isinstance(value, Mapping):
+            stack.extend((v, depth + 1, f"{key}.{k}" if key else str(k))
+                         for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1, key) for v in value)
+    return None
 
 
 def _refuse_unsafe(fd: int, name: str) -> None:
@@ -101,6 +132,16 @@ def _refuse_unsafe(fd: int, name: str) -> None:
         raise ConfigError(name, "", _ABSENT, f"mode {stat.S_IMODE(st.st_mode):04o} lets group "
                           "or others write it; refusing it while running as root",
                           "chmod go-w " + name)
+
+
+def _refuse_unsafe_parents(name: str) -> None:
+    """The file is checked; a directory others can write lets them replace it (sshd checks
+    its keys' directories the same way)."""
+    found = parent_problem(name)
+    if found is not None:
+        problem, remedy = found
+        raise ConfigError(name, "", _ABSENT, problem + "; refusing it while running as root",
+                          remedy)
 
 
 def from_tables(data: Mapping[str, Any], source: str, plugins: Mapping[str, type[Any]],

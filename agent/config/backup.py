@@ -7,6 +7,7 @@ from typing import Any
 
 from agent.config.schema import BOOLEAN, GLOBS, Parser, listing, number, option
 from agent.config.sections import PATH
+from agent.quote import quote
 
 DEFAULT_EXCLUDES = ("/proc/*", "/sys/*", "/dev/*", "/run/*", "/tmp/*",  # noqa: S108 - patterns
                     "/var/cache/dnf/*")
@@ -16,7 +17,7 @@ def _argv(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
         raise ValueError("not a command as a list of non-empty strings")
     if not v[0].startswith("/"):
-        raise ValueError(f"the program {v[0]!r} is not an absolute path")
+        raise ValueError(f"the program {quote(v[0])} is not an absolute path")
     return tuple(v)
 
 

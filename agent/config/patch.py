@@ -23,6 +23,7 @@ from typing import Any
 
 from agent.config.backup import _argv
 from agent.config.schema import BOOLEAN, Parser, choice, listing, number, option
+from agent.quote import quote
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FULL = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -38,7 +39,7 @@ class ScheduleError(ValueError):
 
     def __init__(self, text: str, reason: str) -> None:
         self.text, self.reason = text, reason
-        super().__init__(f"schedule {text!r}: {reason} (accepted: {ACCEPTED})")
+        super().__init__(f"schedule {quote(text)}: {reason} (accepted: {ACCEPTED})")
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def _day(word: str, text: str) -> int:
         return DAY_NAMES.index(w)
     if w in _FULL:
         return _FULL.index(w)
-    raise ScheduleError(text, f"{word!r} is not a day (Mon, Tue, Wed, Thu, Fri, Sat, Sun)")
+    raise ScheduleError(text, f"{quote(word)} is not a day (Mon, Tue, Wed, Thu, Fri, Sat, Sun)")
 
 
 def parse_schedule(text: str) -> Schedule:
@@ -98,7 +99,7 @@ def parse_schedule(text: str) -> Schedule:
     *when, clock = text.split()
     m = _TIME.match(clock)
     if not m or int(m[1]) > 23 or int(m[2]) > 59:
-        raise ScheduleError(text, f"{clock!r} is not a time of day HH:MM (00:00 to 23:59)")
+        raise ScheduleError(text, f"{quote(clock)} is not a time of day HH:MM (00:00 to 23:59)")
     hour, minute = int(m[1]), int(m[2])
     if not when:
         raise ScheduleError(text, "which days? say daily, a list of days or e.g. 1st Sun")
@@ -123,7 +124,7 @@ def parse_schedule(text: str) -> Schedule:
         elif len(words) == 1:
             days.add(_day(item, text))
         else:
-            raise ScheduleError(text, f"{item!r} is neither a day, a range like Mon-Fri nor "
+            raise ScheduleError(text, f"{quote(item)} is neither a day, a range like Mon-Fri nor "
                                 "NTH DAY like 1st Sun")
     if nth and days:
         raise ScheduleError(text, "a list mixes plain days with NTH DAY items")

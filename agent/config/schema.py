@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from agent.quote import clip, quote, scrub
 from agent.ranges import ACCEPTED as RANGE_ACCEPTED
 from agent.ranges import Range
 
@@ -30,18 +31,18 @@ class ConfigError(Exception):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = f"{self.file}: {self.key}" if self.key else self.file
-        shown = "" if self.value is _ABSENT else f" = {_show(self.value)}"
-        acc = f" (accepted: {self.accepted})" if self.accepted else ""
-        return f"{where}{shown}: {self.problem}{acc}"
+        # Every part is bounded: the key and value come from the file, and a parser's problem
+        # may quote a library's message that holds the value again.
+        where = f"{clip(self.file, 200)}: {clip(self.key, 120)}" if self.key else \
+            clip(self.file, 200)
+        shown = "" if self.value is _ABSENT else f" = {quote(self.value)}"
+        acc = f" (accepted: {clip(self.accepted, 600)})" if self.accepted else ""
+        return f"{where}{shown}: {clip(self.problem, 600)}{acc}"
 
 
 _ABSENT: Any = object()
 
 
-def _show(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else '"' + value.replace('"', '\\"') + '"'
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,9 @@ def listing(item: Parser) -> Parser:
             try:
                 parsed = item.parse(x)
             except ValueError as e:
-                raise ValueError(f"item {i + 1} ({_show(x)}): {e}") from None
+                raise ValueError(f"item {i + 1} ({quote(x)}): {e}") from None
             if parsed in out:
-                raise ValueError(f"item {i + 1} ({_show(x)}) is listed twice")
+                raise ValueError(f"item {i + 1} ({quote(x)}) is listed twice")
             out.append(parsed)
         return tuple(out)
 
@@ -160,7 +161,7 @@ def table(key: Parser, value: Parser) -> Parser:
             try:
                 out[key.parse(k)] = value.parse(x)
             except ValueError as e:
-                raise ValueError(f"entry {_show(k)}: {e}") from None
+                raise ValueError(f"entry {quote(k)}: {e}") from None
         return MappingProxyType(out)
 
     return Parser(parse, f"a table: keys {key.accepted}, values {value.accepted}")
@@ -181,7 +182,8 @@ def build(cls: type[T], table: Any, file: str, prefix: str) -> T:
         try:
             values[f.name] = parser.parse(raw)
         except ValueError as e:
-            raise ConfigError(file, f"{prefix}.{key}", raw, str(e), parser.accepted) from None
+            raise ConfigError(file, f"{prefix}.{key}", raw, scrub(str(e), raw),
+                              parser.accepted) from None
     try:
         return cls(**values)
     except ValueError as e:  # a rule across keys, from the dataclass's __post_init__

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config.schema import BOOLEAN, TEXT, Parser, listing, number, option
+from agent.quote import quote
 
 SEVERITIES = ("WARN", "UNKNOWN", "CRIT")
 _ADDRESS = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+$")
@@ -43,7 +44,7 @@ def _recipient(v: Any) -> tuple[str, str]:
         raise ValueError("not an address or a table with address and min_severity")
     sev = v.get("min_severity", "WARN")
     if sev not in SEVERITIES:
-        raise ValueError(f"min_severity {sev!r} is not one of {', '.join(SEVERITIES)}")
+        raise ValueError(f"min_severity {quote(sev)} is not one of {', '.join(SEVERITIES)}")
     return (_address(v["address"]), str(sev))
 
 
@@ -71,6 +72,21 @@ def _clock_time(v: Any) -> str:
 PATH = Parser(_path, "an absolute path")
 
 
+def _secret(v: Any) -> str:
+    from agent.config.trust import secret_problem
+
+    path = _path(v)
+    found = secret_problem(path)
+    if found:
+        problem, remedy = found
+        raise ValueError(problem + (f"; fix: {remedy}" if remedy else ""))
+    return path
+
+
+SECRET = Parser(_secret, "the absolute path of a non-empty file of mode 0600 owned by root "
+                "(or the user steward runs as), in directories only they can write")
+
+
 @dataclass(frozen=True)
 class EmailOptions:
     """``[notify.email]``: who hears about problems, and through which relays."""
@@ -86,7 +102,8 @@ class EmailOptions:
                                                  '"smtps://host[:port]"')),
         "relays tried in order until one accepts")
     username: str | None = option(None, TEXT, "AUTH user (needs TLS)")
-    password_file: str | None = option(None, PATH, "file with the AUTH password, mode 0600")
+    password_file: str | None = option(None, SECRET, "file with the AUTH password, mode 0600, "
+                                       "read at each send")
     ca_file: str | None = option(None, PATH, "CA bundle to verify relays (default: the "
                                  "system's)")
     timeout: float = option(30.0, number(1, 600), "seconds for each SMTP step")

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from agent.quote import quote
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
@@ -48,20 +50,21 @@ def parse_relay(url: str) -> Relay:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:  # bad port or unbalanced IPv6 brackets
-        raise ValueError(f"relay {url!r}: {exc}") from None
+        raise ValueError(f"relay {quote(url)}: {exc}") from None
     scheme = parts.scheme
     if scheme not in DEFAULT_PORTS:
-        raise ValueError(f"relay {url!r}: scheme must be one of {', '.join(DEFAULT_PORTS)}")
+        raise ValueError(f"relay {quote(url)}: scheme must be one of {', '.join(DEFAULT_PORTS)}")
     host = parts.hostname
     if not host or any(c.isspace() for c in host):
-        raise ValueError(f"relay {url!r}: no host")
+        raise ValueError(f"relay {quote(url)}: no host")
     if port == 0:
-        raise ValueError(f"relay {url!r}: port 0")
+        raise ValueError(f"relay {quote(url)}: port 0")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"relay {url!r}: must not have a path, query or fragment")
+        raise ValueError(f"relay {quote(url)}: must not have a path, query or fragment")
     # Credentials in the URL would end up in logs and results; they belong in password_file.
     if parts.username is not None or parts.password is not None:
-        raise ValueError(f"relay {url!r}: put credentials in username/password_file, not the URL")
+        raise ValueError(f"relay {quote(url)}: put credentials in username/password_file, "
+                         "not the URL")
     return Relay(url, scheme, host, DEFAULT_PORTS[scheme] if port is None else port)
 
 

@@ -43,7 +43,10 @@ def _resolver(v: Any) -> str:
 def _ip(v: Any) -> str:
     if not isinstance(v, str):
         raise ValueError("not a string")
-    return str(ipaddress.ip_address(v))
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:  # its message repeats the whole value
+        raise ValueError("not an IP address") from None
 
 
 def _selector(v: Any) -> str:

@@ -49,7 +49,10 @@ def split_resolver(text: str) -> tuple[str, int]:
     elif text.count(":") == 1:
         host, port_text = text.split(":")
         port = _port(port_text)
-    ipaddress.ip_address(host)  # raises ValueError for a name: resolvers are addresses
+    try:
+        ipaddress.ip_address(host)  # a name is refused: resolvers are addresses
+    except ValueError:  # its message repeats the whole value
+        raise ValueError("not an IP address") from None
     return host, port
 
 

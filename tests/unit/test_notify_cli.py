@@ -86,15 +86,68 @@ def test_no_recipients_is_a_warning_and_notify_test_says_what_is_missing(tmp_pat
 
 @pytest.mark.parametrize("extra, expected", [
     ('username = "u"\n', "username is set but password_file is not"),
-    ('username = "u"\npassword_file = "/etc/steward/pw"\n',
-     "a relay is plain smtp://"),
+    ('username = "u"\npassword_file = "{pw}"\n', "a relay is plain smtp://"),
     ('digest = "25:00"\n', 'notify.email.digest = "25:00": not a time of day HH:MM'),
 ])
 def test_inconsistent_mail_settings_are_config_errors(tmp_path, extra, expected):
-    conf = config(tmp_path, ["smtp://127.0.0.1:25"], extra)
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    pw.chmod(0o600)
+    conf = config(tmp_path, ["smtp://127.0.0.1:25"], extra.replace("{pw}", str(pw)))
     proc = steward("config", "check", conf=conf, tmp_path=tmp_path)
     assert proc.returncode == 2
     assert expected in proc.stderr
+
+
+def _secret(path, text="s3cret\n", mode=0o600):
+    path.write_text(text)
+    path.chmod(mode)
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda pw: None, "no such file; fix: write the password into"),
+    (lambda pw: _secret(pw, mode=0o644), "mode 0644 lets others read the secret (want 0600); "
+     "fix: chmod 600"),
+    (lambda pw: _secret(pw, ""), "empty"),
+    (lambda pw: pw.mkdir(), "not a regular file"),
+])
+def test_an_unusable_password_file_is_refused_at_load_naming_the_key(tmp_path, make,
+                                                                       expected):
+    pw = tmp_path / "secret"
+    make(pw)
+    conf = config(tmp_path, ["smtps://127.0.0.1:465"],
+                  f'username = "u"\npassword_file = "{pw}"\n')
+    for command in (("config", "check"), ("check", "--only", "notify")):
+        proc = steward(*command, conf=conf, tmp_path=tmp_path)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stdout == ""
+        assert f'notify.email.password_file = "{pw}": {expected}' in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr) < 1000
+
+
+def test_the_notify_check_is_crit_when_the_password_file_turns_unsafe_after_load(tmp_path):
+    from agent.config import load
+    from agent.env import Env
+    from agent.registry import discover
+    from checks.notify import NotifyCheck
+
+    pw = tmp_path / "secret"
+    pw.write_text("s3cret\n")
+    pw.chmod(0o600)
+    conf = config(tmp_path, ["smtps://127.0.0.1:465"],
+                  f'username = "u"\npassword_file = "{pw}"\n')
+    env = Env(load(conf, discover().checks), state_dir=tmp_path / "state")
+    check = NotifyCheck(env.config.checks["notify"])
+    [ok] = check.run(env)
+    assert ok.status.name == "OK", ok
+    pw.chmod(0o644)  # someone loosens it while the daemon runs
+    [bad] = check.run(env)
+    assert bad.status.name == "CRIT"
+    assert f"password_file {pw}: mode 0644 lets others read the secret" in bad.summary
+    assert bad.remedy == f"chmod 600 {pw}"
+    pw.unlink()
+    [gone] = check.run(env)
+    assert gone.status.name == "CRIT" and "no such file" in gone.summary
 
 
 def test_steward_run_mails_one_grouped_problem_and_then_the_recovery(tmp_path):

@@ -79,11 +79,11 @@ def test_schedules_map_to_apscheduler_cron_fields():
     ("Sun 3am", "not a time of day"),
     ("Sun 24:00", "not a time of day"),
     ("Sun 03:60", "not a time of day"),
-    ("Sonntag 03:00", "'Sonntag' is not a day"),
+    ("Sonntag 03:00", '"Sonntag" is not a day'),
     ("Mon,,Thu 04:15", "empty item"),
     ("5th Sun 03:00", "neither a day"),
     ("1st Sun,Mon 03:00", "mixes plain days"),
-    ("Mon-Xyz 01:00", "'Xyz' is not a day"),
+    ("Mon-Xyz 01:00", '"Xyz" is not a day'),
 ])
 def test_a_bad_schedule_is_a_value_error_listing_the_accepted_forms(text, reason):
     with pytest.raises(ValueError, match=re.escape(reason)) as e:
@@ -94,7 +94,7 @@ def test_a_bad_schedule_is_a_value_error_listing_the_accepted_forms(text, reason
 
 # (table, the documented error) — each names file, key, value and what is accepted
 BAD = [
-    ({"schedule": "Sun 3am"}, r"steward\.toml: patch\.schedule = \"Sun 3am\": '3am' is not a "
+    ({"schedule": "Sun 3am"}, r'steward\.toml: patch\.schedule = "Sun 3am": "3am" is not a '
      r"time of day HH:MM .*\(accepted: \"daily HH:MM\"; \"DAYS HH:MM\""),
     ({"schedule": 3}, r"patch\.schedule = 3: not a string \(accepted: \"daily HH:MM\""),
     ({"random_delay": -1}, r"patch\.random_delay = -1: out of range \(accepted: a whole "
@@ -119,7 +119,7 @@ BAD = [
     ({"retry_interval": 0}, r"patch\.retry_interval = 0: out of range \(accepted: a number "
      r"from 0\.05 to 1440\)"),
     ({"reboot_command": ["systemctl", "reboot"]}, r"patch\.reboot_command = .*the program "
-     r"'systemctl' is not an absolute path"),
+     r'"systemctl" is not an absolute path'),
     ({"scheduel": "Sun 03:00"}, r"patch\.scheduel: unknown key \(accepted: schedule, "
      r"random_delay, duration, catch_up, mode, exclude, reboot, rollback_on_failure, "
      r"pre_backup, retry_interval, reboot_command\)"),
