@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -245,8 +246,15 @@ HANDLERS = {
 }
 
 
+@functools.lru_cache(maxsize=1)
+def _parser() -> argparse.ArgumentParser:
+    # Built once per process: building it is most of a config check's time, which the
+    # in-process fuzz test of the loader runs ten thousand times.
+    return build_parser()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser()
+    parser = _parser()
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     if args.command == "run":
