@@ -33,7 +33,7 @@ class ConfigError(Exception):
     def __str__(self) -> str:
         # Every part is bounded: the key and value come from the file, and a parser's problem
         # may quote a library's message that holds the value again.
-        where = f"{clip(self.file, 200)}: {clip(self.key, 120)}" if self.key else \
+        where = f"{clip(self.file, 200)}: {clip(self.key, 80)}" if self.key else \
             clip(self.file, 200)
         shown = "" if self.value is _ABSENT else f" = {quote(self.value)}"
         acc = f" (accepted: {clip(self.accepted, 600)})" if self.accepted else ""

@@ -82,25 +82,50 @@ def test_ready_after_the_first_pass_then_watchdog_after_each_pass_and_a_prompt_s
     assert messages(sock, lambda m: "STOPPING" in m)[-1]["STOPPING"] == "1"
 
 
+def _hostile_configs(tmp_path):
+    """(config text, what the rejection must say): each is refused on SIGHUP."""
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    pw.chmod(0o644)
+    return [
+        ("[checks.port]\nwran = 1\n", "checks.port.wran: unknown key"),
+        # the loader once ended in a RecursionError traceback here
+        ("deep = " + "[" * 1000 + "]" * 1000 + "\n", "arrays or tables nested more than 16"),
+        ("[checks.port]\n" + "k" * 2_000_000 + " = 1\n",
+         "checks.port." + "k" * 68 + "…(2000012 bytes): unknown key"),
+        ('[notify.email]\nto = ["a@example.com"]\nrelays = ["smtps://127.0.0.1:1"]\n'
+         f'username = "u"\npassword_file = "{pw}"\n',
+         f'notify.email.password_file = "{pw}": mode 0644 lets others read the secret'),
+    ]
+
+
 def test_a_bad_config_on_sighup_is_rejected_and_the_old_one_keeps_running(daemon,
                                                                           notify_socket):
     proc, conf, state, _ = daemon
     sock = notify_socket[0]
     messages(sock, lambda m: "READY" in m)
-    conf.write_text("[checks.port]\nwran = 1\n")
-    proc.send_signal(signal.SIGHUP)
-    messages(sock, lambda m: "WATCHDOG" in m)
-    messages(sock, lambda m: "WATCHDOG" in m)
-    assert proc.poll() is None, "still running"
+    hostile = _hostile_configs(conf.parent)
+    for text, _ in hostile:
+        conf.write_text(text)
+        proc.send_signal(signal.SIGHUP)
+        # Two watchdog pings after the signal: the reload was tried and the loop goes on (a
+        # 2 MB message on stderr would fill the pipe nobody reads yet, and stop the pings).
+        messages(sock, lambda m: "WATCHDOG" in m)
+        messages(sock, lambda m: "WATCHDOG" in m)
+        assert proc.poll() is None, f"still running after {text[:40]!r}"
     st = json.loads(steward("status", "--json", state=state).stdout)
     assert st["running"] is True
     assert any(c.startswith("port:127.0.0.1:") for c in st["checks"])
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)
     err = proc.stderr.read()
-    assert "config reload failed, still running with the previous config" in err
-    assert "checks.port.wran: unknown key" in err
+    assert err.count("config reload failed, still running with the previous config") == \
+        len(hostile)
+    for _, expected in hostile:
+        assert expected in err, expected
     assert "ALERT" in err and "config: new config rejected" in err
+    assert "Traceback" not in err
+    assert len(err.encode()) < 64 * 1024, "no value is echoed whole"
 
 
 def test_a_port_going_down_is_alerted_and_status_says_so(daemon, notify_socket):
