@@ -39,15 +39,27 @@ class Selector:
             return True
         if self._hit(self.only, plugin, check_id):
             return True
-        # "service:postfix" selects a result of the single "service" instance (or a plugin
-        # being planned), so that must run; "disk:/var" does not select "disk:/".
-        prefixes = [p.split(":", 1)[0] for p in self.only if ":" in p]
-        return check_id == plugin and self._hit(prefixes, plugin)
+        # A pattern naming a result ("service:postfix", "maildns:example.com:spf") selects the
+        # instance whose results it may match, so that instance must run: the pattern matches
+        # the instance id followed by one of its own ":"-tails. "disk:/var" does not select
+        # "disk:/", since "disk:/:/var" is not "disk:/var".
+        return any(fnmatch.fnmatchcase(f"{check_id}:{tail}", p)
+                   for p in self.only for tail in _tails(p))
 
     def wants(self, plugin: str, result_id: str) -> bool:
-        if self._hit(self.skip, plugin, result_id):
+        # A result is selected by its own id or by that of the instance that gave it (a
+        # ":"-prefix: "maildns:example.com" gives "maildns:example.com:spf").
+        parts = result_id.split(":")
+        names = [plugin, *(":".join(parts[:i]) for i in range(2, len(parts) + 1))]
+        if self._hit(self.skip, *names):
             return False
-        return not self.only or self._hit(self.only, plugin, result_id)
+        return not self.only or self._hit(self.only, *names)
+
+
+def _tails(pattern: str) -> list[str]:
+    """What follows each ":" of ``pattern``: "a:b:c" -> ["b:c", "c"]."""
+    parts = pattern.split(":")
+    return [":".join(parts[i:]) for i in range(1, len(parts))]
 
 
 @dataclass(frozen=True)

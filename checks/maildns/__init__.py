@@ -124,7 +124,7 @@ class MailDnsCheck(Check):
             return [self.result(Status.UNKNOWN, f"no resolver: {e}",
                                 remedy="set resolvers in [checks.maildns] or fix "
                                 "/etc/resolv.conf")]
-        ctx = Ctx(self, lookup, self.target)
+        ctx = Ctx(self, lookup, self.target, lookup.own_bind(self.target))
         jobs: dict[str, Callable[[], list[Result]]] = {
             "mx": lambda: mx_rule(ctx),
             "spf": lambda: spf_rule(ctx, o.sending_ips),
@@ -145,7 +145,7 @@ class MailDnsCheck(Check):
                 remedy="set dkim_selectors (and dkim_keys) in [checks.maildns], or "
                 "opendkim_keytable"))
         results += self._parallel(ctx, jobs)
-        if lookup.local_note:
+        if ctx.note:
             # Answers come from our own named: while it (or its copy of this zone) fails, the
             # record findings are its consequence, not news of their own.
             local = ("service:named*", f"dns:{self.target}")

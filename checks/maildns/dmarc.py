@@ -55,59 +55,63 @@ def parse_dmarc(text: str) -> DmarcRecord | Invalid:
 def _parse(text: str) -> DmarcRecord | Invalid:
     tags: dict[str, str] = {}
     unknown = []
+    problems = []  # every one is reported: fixing them one run at a time wastes DNS TTLs
     for i, part in enumerate(p.strip() for p in text.split(";")):
         if not part:
             continue
         name, eq, value = part.partition("=")
         name, value = name.strip(), value.strip()
-        if not eq or not _TAG.match(name):
-            return Invalid(f"{part!r} is not tag=value")
         if i == 0 and (name != "v" or value != "DMARC1"):
             return Invalid('does not start with "v=DMARC1"')
+        if not eq or not _TAG.match(name):
+            problems.append(f"{part[:80]!r} is not tag=value")
+            continue
         name = name.lower()
         if name in tags:
-            return Invalid(f"tag {name} appears twice")
+            problems.append(f"tag {name} appears twice")
+            continue
         tags[name] = value
         if name not in KNOWN:
             unknown.append(name)
     if "v" not in tags:
         return Invalid('does not start with "v=DMARC1"')
-    problem = _validate(tags)
-    if problem:
-        return Invalid(problem)
+    problems += _validate(tags)
+    if problems:
+        return Invalid("; ".join(problems))
     return DmarcRecord(tags, tuple(unknown))
 
 
-def _validate(tags: dict[str, str]) -> str:
+def _validate(tags: dict[str, str]) -> list[str]:
+    """Every problem of the tag values (and normalizes the policies to lower case)."""
+    out = []
     if "p" not in tags:
-        return "p= (the policy) is missing"
+        out.append("p= (the policy) is missing")
     for tag in ("p", "sp", "np"):
         if tag in tags and tags[tag].lower() not in POLICIES:
-            return f"{tag}={tags[tag]} is not none, quarantine or reject"
-        if tag in tags:
+            out.append(f"{tag}={tags[tag][:40]} is not none, quarantine or reject")
+        elif tag in tags:
             tags[tag] = tags[tag].lower()
     if "pct" in tags and not (tags["pct"].isdigit() and len(tags["pct"]) <= 3
                               and int(tags["pct"]) <= 100):
-        return f"pct={tags['pct']} is not a whole number from 0 to 100"
+        out.append(f"pct={tags['pct'][:40]} is not a whole number from 0 to 100")
     for tag in ("adkim", "aspf"):
         if tag in tags and tags[tag].lower() not in ("r", "s"):
-            return f"{tag}={tags[tag]} is not r (relaxed) or s (strict)"
+            out.append(f"{tag}={tags[tag][:40]} is not r (relaxed) or s (strict)")
     for tag in ("rua", "ruf"):
         if tag in tags:
             uris = _uris(tags[tag])
             if not uris:
-                return f"{tag}= is empty"
-            for uri in uris:
-                if not _MAILTO.match(uri):
-                    return f"{tag}: {uri!r} is not a mailto:address[!size] URI"
+                out.append(f"{tag}= is empty")
+            out += [f"{tag}: {uri[:80]!r} is not a mailto:address[!size] URI"
+                    for uri in uris if not _MAILTO.match(uri)]
     if "fo" in tags and not all(o.strip() in ("0", "1", "d", "s")
                                 for o in tags["fo"].split(":")):
-        return f"fo={tags['fo']} is not a colon-separated list of 0, 1, d, s"
+        out.append(f"fo={tags['fo'][:40]} is not a colon-separated list of 0, 1, d, s")
     if "ri" in tags and not (tags["ri"].isdigit() and len(tags["ri"]) <= 10):
-        return f"ri={tags['ri']} is not a number of seconds"
+        out.append(f"ri={tags['ri'][:40]} is not a number of seconds")
     if "rf" in tags and not all(f.strip().lower() == "afrf" for f in tags["rf"].split(":")):
-        return f"rf={tags['rf']} is not afrf"
-    return ""
+        out.append(f"rf={tags['rf'][:40]} is not afrf")
+    return out
 
 
 def external(domain: str, dest: str) -> bool:

@@ -7,10 +7,6 @@ import ipaddress
 import threading
 from dataclasses import dataclass
 
-# Loopback resolvers on the appliance are its own BIND: it answers from its own zones (and
-# its own view of the world), which may differ from what other mail servers see.
-LOCAL = ("127.0.0.1", "::1")
-
 
 @dataclass(frozen=True)
 class Answer:
@@ -84,24 +80,29 @@ class Lookup:
             except ImportError:  # older dnspython: one port per address
                 self.resolver.nameservers = [h for h, _ in servers]
                 self.resolver.nameserver_ports = dict(servers)
-            self.servers = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in servers]
         else:
             self.resolver = dns.resolver.Resolver()  # /etc/resolv.conf
-            self.servers = [str(s) for s in self.resolver.nameservers]
+            servers = [(str(s), 53) for s in self.resolver.nameservers]
+        self.addresses_of_servers = servers
+        self.servers = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in servers]
         self.resolver.timeout = timeout
         self.resolver.lifetime = timeout
         self.resolver.cache = None  # our own cache below keeps NXDOMAIN/NODATA as well
         self._cache: dict[tuple[str, str], Answer] = {}
         self._lock = threading.Lock()
 
-    @property
-    def local_note(self) -> str:
-        """A line for result details when a resolver is the appliance's own BIND."""
-        local = [s for s in self.servers if s.rpartition(":")[0].strip("[]") in LOCAL]
-        if not local:
+    def own_bind(self, domain: str) -> str:
+        """A line for result details when a resolver is this appliance's own BIND serving
+        ``domain`` (loopback, named listening, authoritative for it); else ""."""
+        from checks.maildns.localbind import serves
+
+        own = [text for (h, p), text in zip(self.addresses_of_servers, self.servers)
+               if serves(h, p, domain, self.resolver.timeout)]
+        if not own:
             return ""
-        return (f"resolver {', '.join(local)} is this appliance's own BIND: it answers from "
-                "its own zones, which may differ from what other mail servers see")
+        return (f"resolver {', '.join(own)} is this appliance's own BIND, serving {domain}: "
+                "it answers from its own zones, which may differ from what other mail "
+                "servers see")
 
     def query(self, name: str, rdtype: str) -> Answer:
         key = (name.lower().rstrip("."), rdtype)

@@ -19,12 +19,13 @@ class Ctx:
     check: Check
     lookup: Lookup
     domain: str
+    note: str = ""  # said in every result's details (the resolver is our own BIND)
 
     def result(self, rule: str, status: Status, summary: str, details: Sequence[str] = (),
                remedy: str = "", **kw: Any) -> Result:
         lines = [*details]
-        if self.lookup.local_note:
-            lines.append(self.lookup.local_note)
+        if self.note:
+            lines.append(self.note)
         return self.check.result(status, summary, target=f"{self.domain}:{rule}",
                                  details="\n".join(lines), remedy=remedy, **kw)
 

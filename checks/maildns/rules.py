@@ -13,21 +13,42 @@ from checks.maildns.records import Ctx
 _LEVEL = {"CRIT": Status.CRIT, "WARN": Status.WARN, "UNKNOWN": Status.UNKNOWN}
 
 
+def suggested_spf(ctx: Ctx, sending_ips: tuple[str, ...], found: list[str]) -> str:
+    """The SPF record to publish, from what was found: ``mx`` only when the domain has MX
+    hosts, the appliance's sending addresses, and the includes the domain already has (its
+    mail provider, its newsletter service). A placeholder says what is missing."""
+    d = ctx.domain
+    mx = ctx.lookup.query(d, "MX")
+    terms = []
+    if mx.kind == "ok" and any(r.split(" ", 1)[-1] not in ("", ".") for r in mx.records):
+        terms.append("mx")
+    terms += [f"ip{'6' if ':' in ip else '4'}:{ip}" for ip in sending_ips]
+    for text in found:
+        for word in text.split()[1:]:
+            name = word[1:] if word[:1] == "+" else word
+            if name.lower().startswith("include:") and len(name) <= 263:
+                terms.append(name)
+    terms = list(dict.fromkeys(terms))
+    record = f'{d}. TXT "v=spf1 {" ".join(terms)} -all"' if terms else (
+        f'{d}. TXT "v=spf1 ip4:<address this appliance sends from> -all" ({d} has no MX; '
+        "set sending_ips in [checks.maildns] to have the addresses filled in)")
+    return record
+
+
 def spf_rule(ctx: Ctx, sending_ips: tuple[str, ...]) -> list[Result]:
     d = ctx.domain
-    mechs = " ".join(f"ip{'6' if ':' in ip else '4'}:{ip}" for ip in sending_ips) or "mx"
-    publish = f'{d}. TXT "v=spf1 {mechs} -all"'
     found, error = spf.spf_records(ctx.lookup, d)
     if error:
         return [ctx.result("spf", Status.UNKNOWN, f"SPF lookup failed: {error}",
                            remedy="check the resolvers")]
+    publish = suggested_spf(ctx, sending_ips, found)
     if not found:
         return [ctx.result("spf", Status.CRIT, f"{d} publishes no SPF record",
                            remedy=f"publish {publish}")]
     if len(found) > 1:
         return [ctx.result("spf", Status.CRIT, f"{d} publishes {len(found)} SPF records "
                            "(a permanent error for every receiver)", found,
-                           remedy="merge them into one v=spf1 TXT record and delete the others")]
+                           remedy=f"merge them into one and delete the others: {publish}")]
     record = spf.parse_spf(found[0])
     if isinstance(record, Invalid):
         return [ctx.result("spf", Status.CRIT, f"SPF record is invalid: {record.reason}",
@@ -110,8 +131,12 @@ def dmarc_rule(ctx: Ctx) -> Result:
                           remedy="keep one v=DMARC1 record and delete the others")
     record = dmarc.parse_dmarc(found[0])
     if isinstance(record, Invalid):
-        return ctx.result("dmarc", Status.CRIT, f"DMARC record is invalid: {record.reason}",
-                          [found[0]], remedy=f"fix it, e.g. {dmarc.suggested(d)}")
+        errors = record.reason.split("; ")
+        what = "is invalid" if len(errors) == 1 else f"has {len(errors)} errors"
+        return ctx.result("dmarc", Status.CRIT, f"DMARC record {what}: {record.reason}",
+                          [f"record: {found[0][:300]}", *(f"error: {e}" for e in errors)],
+                          remedy=f"fix {'it' if len(errors) == 1 else 'each'}, e.g. "
+                          f"{dmarc.suggested(d)}")
     problems: list[tuple[Status, str, str]] = []
     for tag, dest in dict.fromkeys(record.destinations()):
         if not dmarc.external(d, dest):
@@ -139,7 +164,8 @@ def dmarc_rule(ctx: Ctx) -> Result:
         return ctx.result("dmarc", Status.OK, f"DMARC p={record.policy}", details)
     status = worst(s for s, _, _ in problems)
     first = next(p for p in problems if p[0] is status)
-    return ctx.result("dmarc", status, f"DMARC: {first[1]}", details,
+    more = f" (and {len(problems) - 1} more, see details)" if len(problems) > 1 else ""
+    return ctx.result("dmarc", status, f"DMARC: {first[1]}{more}", details,
                       remedy="; ".join(dict.fromkeys(r for _, _, r in problems)))
 
 

@@ -64,7 +64,11 @@ plusall TXT "v=spf1 +all"
 qall TXT "v=spf1 ip4:192.0.2.1 ?all"
 syntax TXT "v=spf1 ip4:999.1.1.1 -all"
 mxnoaddr MX 10 ghost.bad.test.
-_dmarc.badtags TXT "v=DMARC1; p=maybe; pct=150"
+_dmarc.badtags TXT "v=DMARC1; p=maybe; pct=150; adkim=x"
+nomx A 192.0.2.5
+twoinc MX 10 mail.good.test.
+twoinc TXT "v=spf1 include:_spf.good.test ip4:192.0.2.0/28 -all"
+twoinc TXT "v=spf1 mx ~all"
 _dmarc.none TXT "v=DMARC1; p=none; rua=mailto:d@none.bad.test"
 _dmarc.unauth TXT "v=DMARC1; p=reject; rua=mailto:agg@reports.test"
 _dmarc.two TXT "v=DMARC1; p=reject"
@@ -118,8 +122,58 @@ def test_domain_without_mx_is_critical_with_the_record_to_publish(bed):
 
 def test_details_say_the_resolver_is_the_appliances_own_bind(bed):
     mx = run(bed, "good.test")["mx"]
-    assert "own BIND" in mx.details
+    assert f"resolver {bed['resolver']} is this appliance's own BIND, serving good.test" \
+        in mx.details
     assert mx.depends_on == ("service:named*", "dns:good.test"), "inhibited while named fails"
+
+
+def test_the_local_bind_not_serving_the_domain_is_not_called_its_own(bed):
+    # named answers REFUSED (no AA) for a zone it does not have: it is not that domain's server
+    res = run(bed, "elsewhere.example", query_timeout=1.0, timeout=5.0)
+    assert all("own BIND" not in r.details for r in res.values())
+    assert all(r.depends_on == () for r in res.values())
+
+
+@pytest.mark.parametrize("keep_aa", [False, True])
+def test_a_loopback_forwarder_that_is_not_bind_is_not_called_its_own(bed, keep_aa):
+    """A resolver on loopback that forwards (as unbound or systemd-resolved would): its
+    process is not named, and its answers carry no AA bit (or, passed through, they do:
+    the process alone then tells it is not BIND)."""
+    import socket
+    import threading
+
+    import dns.flags
+    import dns.message
+    import dns.query
+
+    host, port = bed["resolver"].split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def forward():
+        while not stop.is_set():
+            try:
+                data, peer = sock.recvfrom(4096)
+            except OSError:
+                continue
+            reply = dns.query.udp(dns.message.from_wire(data), host, port=int(port), timeout=2)
+            if not keep_aa:
+                reply.flags &= ~dns.flags.AA
+            sock.sendto(reply.to_wire(), peer)
+
+    thread = threading.Thread(target=forward, daemon=True)
+    thread.start()
+    try:
+        res = run(bed, "good.test", resolvers=(f"127.0.0.1:{sock.getsockname()[1]}",))
+    finally:
+        stop.set()
+        thread.join(5)
+        sock.close()
+    assert res["mx"].status is Status.OK, "the forwarder answers"
+    assert all("own BIND" not in r.details for r in res.values())
+    assert all(r.depends_on == () for r in res.values())
 
 
 # --- SPF --------------------------------------------------------------------------------
@@ -146,6 +200,25 @@ def test_broken_spf_is_flagged_with_a_remedy(bed, domain, status, words):
     assert r.status is status, (r.summary, r.details)
     assert words in r.summary
     assert r.remedy
+
+
+def test_the_spf_remedy_of_a_domain_without_mx_has_no_mx_term(bed):
+    r = run(bed, "nomx.bad.test")["spf"]
+    assert r.status is Status.CRIT and "no SPF record" in r.summary
+    assert " mx" not in r.remedy.replace("has no MX", "")
+    assert 'nomx.bad.test. TXT "v=spf1 ip4:<address this appliance sends from> -all"' \
+        in r.remedy and "set sending_ips" in r.remedy
+    r = run(bed, "nomx.bad.test", sending_ips=("192.0.2.5", "2001:db8::5"))["spf"]
+    assert r.remedy == 'publish nomx.bad.test. TXT "v=spf1 ip4:192.0.2.5 ip6:2001:db8::5 -all"'
+
+
+def test_the_spf_remedy_keeps_the_mx_and_the_includes_found(bed):
+    r = run(bed, "twoinc.bad.test", sending_ips=("203.0.113.9",))["spf"]
+    assert r.status is Status.CRIT and "2 SPF records" in r.summary
+    assert r.remedy == ('merge them into one and delete the others: twoinc.bad.test. TXT '
+                        '"v=spf1 mx ip4:203.0.113.9 include:_spf.good.test -all"')
+    assert run(bed, "nospf.bad.test")["spf"].remedy == \
+        'publish nospf.bad.test. TXT "v=spf1 mx -all"'
 
 
 def test_sending_ips_are_evaluated_against_spf(bed):
@@ -188,6 +261,15 @@ def test_broken_dmarc_is_flagged_with_a_remedy(bed, domain, status, words, remed
     assert r.status is status, (r.summary, r.details)
     assert words in r.summary
     assert remedy in r.remedy
+
+
+def test_a_dmarc_record_with_several_errors_reports_each(bed):
+    r = run(bed, "badtags.bad.test")["dmarc"]
+    assert r.status is Status.CRIT
+    assert r.summary == ("DMARC record has 3 errors: p=maybe is not none, quarantine or "
+                         "reject; pct=150 is not a whole number from 0 to 100; adkim=x is not "
+                         "r (relaxed) or s (strict)")
+    assert "error: pct=150 is not a whole number from 0 to 100" in r.details.splitlines()
 
 
 # --- DKIM -------------------------------------------------------------------------------
@@ -303,3 +385,26 @@ def test_silent_resolver_makes_unfinished_rules_unknown_by_name(bed):
     assert took < 1.5
     assert res["spf"].status is Status.UNKNOWN and "timeout" in res["spf"].summary
     assert res["mx"].status is Status.UNKNOWN
+
+
+def test_only_and_skip_take_a_result_id_on_the_command_line(bed, tmp_path):
+    import json
+
+    from tests.conftest import run_steward
+
+    conf = tmp_path / "steward.toml"
+    conf.write_text(f'[checks.maildns]\ndomains = ["good.test", "bad.test"]\n'
+                    f'resolvers = ["{bed["resolver"]}"]\n')
+    conf.chmod(0o600)
+
+    def ids(*args):
+        proc = run_steward("check", "--config", str(conf), "--state-dir", str(tmp_path / "s"),
+                           "--format", "json", *args)
+        assert proc.returncode in (0, 1, 2) and proc.stdout, proc.stderr
+        return sorted(r["check"] for r in json.loads(proc.stdout)["results"])
+
+    assert ids("--only", "maildns:good.test:spf") == ["maildns:good.test:spf"]
+    assert ids("--only", "maildns:*:mx") == ["maildns:bad.test:mx", "maildns:good.test:mx"]
+    kept = ids("--only", "maildns:good.test", "--skip", "maildns:good.test:spf")
+    assert "maildns:good.test:mx" in kept and "maildns:good.test:dmarc" in kept
+    assert "maildns:good.test:spf" not in kept

@@ -131,6 +131,17 @@ def test_invalid_dmarc_says_why(text, reason):
     assert isinstance(r, Invalid) and reason in r.reason
 
 
+def test_a_dmarc_record_with_several_errors_reports_every_one():
+    r = parse_dmarc("v=DMARC1; p=maybe; pct=150; adkim=x; rua=mailto:nobody; junk; "
+                    "fo=1; fo=0")
+    assert isinstance(r, Invalid)
+    assert r.reason.split("; ") == [
+        "'junk' is not tag=value", "tag fo appears twice",
+        "p=maybe is not none, quarantine or reject", "pct=150 is not a whole number from 0 "
+        "to 100", "adkim=x is not r (relaxed) or s (strict)",
+        "rua: 'mailto:nobody' is not a mailto:address[!size] URI"]
+
+
 def test_dmarc_record_recognition_and_external_destinations():
     assert is_dmarc("v=DMARC1; p=none") and is_dmarc("v = DMARC1") and not is_dmarc("v=DMARC10")
     assert not external("example.com", "example.com")

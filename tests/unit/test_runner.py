@@ -84,11 +84,31 @@ def test_a_check_returning_something_other_than_results_is_unknown():
     (("service:postfix",), (), "service", "service:postfix", True, True),
     ((), ("service:sshd",), "service", "service:sshd", False, False),
     ((), ("mem*",), "memory", "memory", False, False),
+    # a result id selects the plugin, then the one instance whose result it is
+    (("maildns:example.com:spf",), (), "maildns", "maildns", True, False),
+    (("maildns:example.com:spf",), (), "maildns", "maildns:example.com", True, False),
+    (("maildns:example.com:spf",), (), "maildns", "maildns:example.org", False, False),
+    (("maildns:example.com:spf",), (), "maildns", "maildns:example.com:spf", True, True),
+    (("maildns:*:spf",), (), "maildns", "maildns:example.org", True, False),
+    (("maildns:*spf",), (), "maildns", "maildns:example.org", True, False),
+    ((), ("maildns:example.com:spf",), "maildns", "maildns:example.com", True, True),
+    ((), ("maildns:example.com:spf",), "maildns", "maildns:example.com:spf", False, False),
 ])
 def test_only_and_skip_match_plugin_names_and_ids_by_glob(only, skip, plugin, rid, runs, wanted):
     sel = Selector(only, skip)
     assert sel.may_run(plugin, rid) is runs
     assert sel.wants(plugin, rid) is wanted
+
+
+@pytest.mark.parametrize("only, skip, rid, wanted", [
+    (("maildns:example.com",), (), "maildns:example.com:spf", True),
+    (("maildns:example.com",), (), "maildns:example.org:spf", False),
+    ((), ("maildns:example.com",), "maildns:example.com:spf", False),
+])
+def test_an_instance_id_selects_every_result_of_that_instance(only, skip, rid, wanted):
+    assert Selector(only, skip).wants("maildns", rid) is wanted
+    if only:
+        assert Selector(only, skip).may_run("maildns", rid.rsplit(":", 1)[0]) is wanted
 
 
 PLUGINS = '''
