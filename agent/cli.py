@@ -67,10 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the report to FILE atomically instead of standard output "
                    "(e.g. node_exporter's textfile directory)")
     c.add_argument("--only", metavar="PATTERN", action="append", default=[],
-                   help="run only checks whose name or id matches (glob; repeatable), "
-                   "e.g. --only service --only 'disk:/var*'")
+                   help="run only checks whose plugin name, instance or result id matches "
+                   "(glob; repeatable), e.g. --only service --only 'disk:/var*' "
+                   "--only maildns:example.com:spf")
     c.add_argument("--skip", metavar="PATTERN", action="append", default=[],
-                   help="leave out checks whose name or id matches (glob; repeatable)")
+                   help="leave out checks or results whose plugin name, instance or result "
+                   "id matches (glob; repeatable)")
 
     daemon_cli.add_parsers(sub, lambda p: _common(p, top=False))
     backup_cli.add_parsers(sub, lambda p: _common(p, top=False))

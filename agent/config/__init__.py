@@ -74,7 +74,13 @@ def read(path: Path | None) -> tuple[str, Mapping[str, Any]]:
         path = DEFAULT_PATH
     name = str(path)
     try:
-        with open(path, "rb") as fh:
+        # O_NONBLOCK: a FIFO given as the config must not hang steward; fstat what was opened.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY), "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(mode):
+                raise ConfigError(name, "", _ABSENT, "not a regular file")
             _refuse_unsafe(fh.fileno(), name)
             if os.geteuid() == 0:
                 _refuse_unsafe_parents(name)
@@ -85,6 +91,8 @@ def read(path: Path | None) -> tuple[str, Mapping[str, Any]]:
         raise ConfigError(name, "", _ABSENT, "is a directory, not a file") from None
     except PermissionError:
         raise ConfigError(name, "", _ABSENT, "permission denied") from None
+    except OSError as e:  # a name too long, a loop of symlinks, an I/O error
+        raise ConfigError(name, "", _ABSENT, f"cannot read it: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(name, "", _ABSENT, f"not valid TOML: {e}") from None
     except UnicodeDecodeError:

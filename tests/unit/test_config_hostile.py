@@ -74,6 +74,15 @@ HOSTILE = [
 ]
 
 
+def _fifo(t: Path) -> Path:
+    path = t / "steward.toml"
+    os.mkfifo(path, 0o600)  # opening it for reading would wait for a writer forever
+    return path
+
+
+HOSTILE.append(("a FIFO", _fifo, r"steward\.toml: not a regular file"))
+
+
 def _world_writable(t: Path) -> Path:
     path = _write(t / "ww", "[checks.disk]\nwarn = '80'\n")
     (t / "ww").chmod(0o777)
