@@ -95,7 +95,7 @@ class Supervisor:
         if opts.parsed_schedule is None:
             self.patcher = None
         elif self.patcher is None or self.patcher.options != opts:  # a reload keeps its draw
-            from patch.window import PatchScheduler  # APScheduler loads only with a window
+            from patch.window import PatchScheduler  # loads only with a window
 
             argv = [sys.executable, "-m", "agent", "patch", "apply",
                     "--state-dir", str(self.state.path)]

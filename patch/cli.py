@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 NOTHING_PENDING, PENDING, DNF_FAILED = 0, 1, 3  # 2: bad arguments or config (agent.cli)
 DEFAULT_TIMEOUT = 600.0
-# patch.window.WINDOW_END_ENV (that module loads APScheduler: not for every steward command)
+# patch.window.WINDOW_END_ENV (not imported: that module is not needed by every steward command)
 WINDOW_END_ENV = "STEWARD_PATCH_WINDOW_END"
 
 

@@ -1,5 +1,5 @@
-"""The patch window under ``steward run``: when it opens (an APScheduler CronTrigger built from
-``[patch] schedule``), what a window missed while steward was down means (``catch_up``), and
+"""The patch window under ``steward run``: when it opens (``[patch] schedule``, evaluated by
+agent.calendar), what a window missed while steward was down means (``catch_up``), and
 starting ``steward patch apply`` as a transient systemd unit outside steward's own cgroup, so
 that restarting steward or upgrading its package cannot kill an apply that is running.
 
@@ -19,8 +19,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Protocol
 
-from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
-
+from agent.calendar import first_start, local_zone
 from agent.config.patch import PatchOptions, Schedule, parse_schedule
 from agent.fileio import write_atomic
 from agent.quote import quote
@@ -44,37 +43,23 @@ def _utc(dt: datetime) -> datetime:
     return dt.astimezone(UTC)
 
 
-def _repeated(t: datetime, tz: tzinfo) -> bool:
-    """Whether ``t`` is the second occurrence of its wall-clock time (the clocks went back)."""
-    local = datetime.fromtimestamp(t.timestamp(), tz)
-    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
+class WindowTrigger:
+    """When a schedule's windows open (agent.calendar) and each one's start with the random
+    delay added: the delay is real time (an hour's shift when the clocks go back is not
+    added to it), drawn once per window."""
 
-
-class WindowTrigger(CronTrigger):  # type: ignore[misc]
-    """APScheduler's CronTrigger made safe for a patch window across DST changes.
-
-    A wall-clock time repeated when the clocks go back opens one window, not two (as systemd
-    timers do); the jitter is added in real time (APScheduler 3 adds it to the wall clock,
-    an hour longer across a change).  A time skipped when the clocks go forward is read with
-    the offset before the change (02:30 is 03:30 summer time): systemd skips that day.
-    """
-
-    def __init__(self, *, rng: random.Random | None = None, **fields: Any) -> None:
-        super().__init__(**fields)
+    def __init__(self, schedule: Schedule, *, timezone: tzinfo | None = None,
+                 jitter: int | None = None, rng: random.Random | None = None) -> None:
+        self.schedule = schedule
+        self.timezone: tzinfo = timezone or local_zone()
+        self.jitter = jitter
         self.rng = rng or random.SystemRandom()
-
-    def _apply_jitter(self, next_fire_time: Any, jitter: Any, now: Any) -> Any:
-        return next_fire_time  # get_next_fire_time adds it, after the DST check
 
     def window_start(self, previous_fire_time: datetime | None,
                      now: datetime) -> datetime | None:
-        """The next window start without the random delay (CronTrigger's arguments)."""
-        t: datetime | None = super().get_next_fire_time(previous_fire_time, now)
-        while t is not None and _repeated(t, self.timezone):
-            t = super().get_next_fire_time(None, _utc(t) + TICK)
-        # Through UTC: a time skipped by the clocks going forward comes back labelled as
-        # what the clock shows then (03:30+02:00), not as the wall time asked for.
-        return None if t is None else _utc(t).astimezone(self.timezone)
+        """The first window start at or after ``now``, without the random delay
+        (``previous_fire_time`` is accepted as a cron trigger's is, and not needed)."""
+        return first_start(self.schedule, self.timezone, now)
 
     def add_jitter(self, when: datetime) -> datetime:
         """``when`` plus a random 0..jitter seconds of real time."""
@@ -92,10 +77,9 @@ class WindowTrigger(CronTrigger):  # type: ignore[misc]
 def cron_trigger(schedule: str | Schedule, random_delay: float = 0, tz: tzinfo | None = None,
                  rng: random.Random | None = None) -> WindowTrigger:
     """The trigger for ``schedule`` with jitter = ``random_delay`` minutes; ``tz`` None is
-    the machine's local zone (as APScheduler finds it)."""
+    the machine's local zone (agent.calendar.local_zone)."""
     s = parse_schedule(schedule) if isinstance(schedule, str) else schedule
-    return WindowTrigger(timezone=tz, jitter=round(random_delay * 60) or None, rng=rng,
-                         **s.cron_fields())
+    return WindowTrigger(s, timezone=tz, jitter=round(random_delay * 60) or None, rng=rng)
 
 
 def _trigger(schedule: str | Schedule | WindowTrigger, tz: tzinfo | None) -> WindowTrigger:

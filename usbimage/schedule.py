@@ -23,7 +23,7 @@ STATE = "usb-schedule.json"
 class UsbSchedule:
     def __init__(self, schedule: str, runner: CommandRunner, state_dir: Path,
                  start: Callable[[Drive, str], DriveEvent]) -> None:
-        from patch.window import cron_trigger  # APScheduler loads only with a schedule
+        from patch.window import cron_trigger
 
         self.schedule, self.runner, self.start = schedule, runner, start
         self.trigger = cron_trigger(schedule)

@@ -17,7 +17,6 @@ e.g. "Sun 03:00", "daily 02:30", "Mon,Thu 04:15", "Mon-Fri 01:00", "1st Sun 03:0
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,15 +58,6 @@ class Schedule:
     @property
     def daily(self) -> bool:
         return not self.weekdays and not self.nth
-
-    def cron_fields(self) -> Mapping[str, str | int]:
-        """Keyword arguments for APScheduler's CronTrigger."""
-        fields: dict[str, str | int] = {"hour": self.hour, "minute": self.minute, "second": 0}
-        if self.nth:
-            fields["day"] = ",".join(f"{n} {DAY_NAMES[d]}" for n, d in self.nth)
-        elif self.weekdays:
-            fields["day_of_week"] = ",".join(DAY_NAMES[d] for d in self.weekdays)
-        return fields
 
     def oncalendar(self) -> tuple[str, ...]:
         """systemd OnCalendar= expressions for the same windows (one per NTH DAY item)."""

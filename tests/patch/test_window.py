@@ -1,4 +1,4 @@
-"""The patch window: when it opens (APScheduler's trigger asked with a controlled ``now``,
+"""The patch window: when it opens (agent.calendar asked with a controlled ``now``,
 never by sleeping), jitter, DST, catch_up, no second start, the transient unit's command line;
 the shipped units checked by systemd-analyze; a real systemd in a container proving that the
 apply outlives a restart of the service that started it."""
@@ -131,7 +131,7 @@ def test_the_trigger_fires_in_the_window_with_jitter_bounded_by_random_delay():
 
 
 def test_jitter_is_real_time_even_across_the_clocks_going_back():
-    # 02:50 CEST + 30 min on 26 Oct 2025 is 02:20 CET; APScheduler 3 alone says 03:20 CET
+    # 02:50 CEST + 30 min on 26 Oct 2025 is 02:20 CET, not 03:20 CET (wall-clock jitter)
     trigger = pw.cron_trigger("Sun 02:50", random_delay=30, tz=BERLIN, rng=fixed(1.0))
     fire = trigger.get_next_fire_time(None, berlin(2025, 10, 25, 12))
     assert fire.astimezone(UTC) == utc(2025, 10, 26, 0, 50) + 30 * MIN

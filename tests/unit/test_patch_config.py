@@ -63,13 +63,21 @@ def test_the_schedule_grammar(text, weekdays, nth, hh_mm):
     assert s.daily == (not weekdays and not nth)
 
 
-def test_schedules_map_to_apscheduler_cron_fields():
-    assert parse_schedule("Mon,Thu 04:15").cron_fields() == {
-        "day_of_week": "mon,thu", "hour": 4, "minute": 15, "second": 0}
-    assert parse_schedule("1st Sun,last Sat 03:00").cron_fields() == {
-        "day": "1st sun,last sat", "hour": 3, "minute": 0, "second": 0}
-    assert "day" not in parse_schedule("daily 02:30").cron_fields()
-    assert "day_of_week" not in parse_schedule("daily 02:30").cron_fields()
+def test_schedules_open_on_the_days_they_name():
+    from datetime import date, timedelta
+
+    from agent.calendar import matches
+
+    def days(text, start=date(2025, 3, 1), n=62):
+        s = parse_schedule(text)
+        return [start + timedelta(i) for i in range(n) if matches(s, start + timedelta(i))]
+
+    assert {d.weekday() for d in days("Mon,Thu 04:15")} == {0, 3}
+    assert len(days("daily 02:30")) == 62
+    # March 2025: Sundays 2, 9, .. 30; Saturdays 1, .. 29. April: Sun 6, Sat 26.
+    assert days("1st Sun,last Sat 03:00") == [date(2025, 3, 2), date(2025, 3, 29),
+                                              date(2025, 4, 6), date(2025, 4, 26)]
+    assert days("4th Fri 22:00") == [date(2025, 3, 28), date(2025, 4, 25)]
 
 
 @pytest.mark.parametrize(("text", "reason"), [
@@ -140,3 +148,20 @@ def test_the_schedule_error_from_build_lists_the_accepted_forms_once():
         patch(schedule="Mon,Sonntag 03:00")
     assert e.value.key == "patch.schedule" and e.value.accepted == ACCEPTED
     assert str(e.value).count("daily HH:MM") == 1
+
+
+def test_the_local_zone_is_tz_when_it_names_one_else_etc_localtime(monkeypatch):
+    import time
+    from datetime import datetime, timezone
+
+    from agent.calendar import local_zone
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    assert str(local_zone()) == "Asia/Tokyo"
+    monkeypatch.delenv("TZ")
+    time.tzset()
+    zone = local_zone()  # this machine's /etc/localtime, read as the C library reads it
+    now = datetime.now(timezone.utc)
+    assert now.astimezone(zone).utcoffset() == now.astimezone().utcoffset()
+    monkeypatch.setenv("TZ", "EST+5")  # a POSIX TZ string, not a zone name: the file
+    assert local_zone() == zone or str(local_zone()) == str(zone)
