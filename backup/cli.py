@@ -70,7 +70,12 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     r.add_argument("generation", metavar="GEN", help="generation id, or 'latest'")
     r.add_argument("paths", nargs="+", metavar="PATH")
     r.add_argument("--to", type=Path, metavar="DIR", required=True,
-                   help="where to put them (created if missing)")
+                   help="where to put them (created if missing); nothing is written outside "
+                   "it, whatever the drive holds: members that would leave it are refused "
+                   "and named (exit 1)")
+    r.add_argument("--devices", action="store_true",
+                   help="also make device nodes (skipped and named by default: a file "
+                   "restore makes none)")
 
 
 def _target(args: argparse.Namespace, opts: BackupOptions) -> Path:
@@ -219,11 +224,25 @@ def _restore(store: Any, args: argparse.Namespace) -> int:
 
     gen = store.find(args.generation)
     try:
-        sel = restore(gen, args.paths, args.to)
+        sel = restore(gen, args.paths, args.to, devices=args.devices)
     except ArchiveError as e:
         print(f"steward: restore failed: {e}", file=sys.stderr)
         return 1
     for t in sel.added_links:
         print(f"also restored {t}: a requested path is a hard link to it")
+    for name in sel.skipped[:100]:
+        print(f"skipped device node {name} (--devices makes them)")
+    if len(sel.skipped) > 100:
+        print(f"... and {len(sel.skipped) - 100} more device nodes skipped")
+    for line in sel.refused:
+        print(f"steward: {line}", file=sys.stderr)
+    if sel.refused_count > len(sel.refused):
+        print(f"steward: ... and {sel.refused_count - len(sel.refused)} more refused",
+              file=sys.stderr)
+    if sel.refused_count:
+        print(f"steward: restore of generation {gen.id} into {args.to} FAILED: "
+              f"{sel.refused_count} members refused (they would have been written outside "
+              "it, or are not what steward writes); the rest is restored", file=sys.stderr)
+        return 1
     print(f"restored {sel.entries} entries from generation {gen.id} into {args.to}")
     return 0

@@ -9,12 +9,17 @@ import gzip
 import json
 import os
 import stat
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from backup.plan import Segment
 from backup.walk import Entry
 
+# Decompressed, an index beyond this is refused (a drive is untrusted input): ~1,300 bytes
+# per row of the largest segment the cutter makes (196,608 directories).
+LIMIT = 256 << 20
+_ROW = (str, str, int, int, int, int, int, str)
 _TYPES = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFCHR: "c",
           stat.S_IFBLK: "b", stat.S_IFIFO: "p"}
 
@@ -70,8 +75,30 @@ def _readlink(root: bytes, e: Entry) -> bytes:
         return b""
 
 
+class Damaged(ValueError):
+    """The index cannot be read as one steward wrote; the message says how."""
+
+
 def read(path: str) -> Iterator[Record]:
-    with gzip.open(path, "rb") as fh:
-        rows = json.loads(fh.read())
-    for v in rows:
-        yield Record(*v)
+    """The rows of an index, each checked; Damaged before the first one if any is not."""
+    name = "/".join(path.split("/")[-2:])
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read(LIMIT + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        why = (e.strerror if isinstance(e, OSError) else None) or str(e) or "truncated"
+        raise Damaged(f"{name}: index damaged ({why})") from None
+    if len(raw) > LIMIT:
+        raise Damaged(f"{name}: index damaged (over {LIMIT >> 20} MiB decompressed)")
+    try:
+        rows = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise Damaged(f"{name}: index damaged (not JSON in UTF-8: {str(e)[:100]})") from None
+    if not isinstance(rows, list):
+        raise Damaged(f"{name}: index damaged (not a list of rows)")
+    for i, v in enumerate(rows):
+        if (not isinstance(v, list) or len(v) != len(_ROW)
+                or not all(type(x) is t for x, t in zip(v, _ROW))
+                or not v[0].startswith("/") or v[1] not in "fdlcbph" or len(v[1]) != 1):
+            raise Damaged(f"{name}: index damaged (row {i + 1} is not a steward index row)")
+    return iter([Record(*v) for v in rows])

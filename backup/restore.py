@@ -1,8 +1,35 @@
-"""Reading generations back: ``backup verify`` and ``backup restore-file``."""
+"""Reading generations back: ``backup verify`` and ``backup restore-file`` (and so the
+bare-metal ``steward restore``, which extracts with ``restore`` into the new root).
+
+A drive is untrusted input: whoever can write it can rewrite an archive and recompute every
+checksum, so a restore never writes outside its destination whatever a generation holds.
+Each segment is its own ``tar --extract``, and tar's guard against following an archive's own
+symlinks does not span two runs (segment 0000's ``etc/evil -> /x`` then segment 0002's
+``etc/evil/pwned`` wrote /x/pwned). So the decompressed stream passes through
+``backup.tarstream`` on its way into tar, and ``backup.jail`` judges each member there:
+
+- names are taken exactly as tar takes them (posix headers only, checksums checked; any
+  other header ends the segment), and absolute names and ``..`` are refused;
+- symlinks (and hard links to them) are held back and made in one tar run per filesystem
+  after every file is in place, before the directories' times are set: while files are
+  written no symlink of the generation exists, and a member below one is refused;
+- a member whose parent is a symlink already in the destination (a second restore into the
+  same folder, or anything put there before) is refused: each directory is looked at once
+  with lstat, relative to the destination opened once (nothing followed below it);
+- a hard link's target passes the same checks; a filesystem's folder is opened component by
+  component with O_NOFOLLOW and tar runs in it by descriptor (``/proc/self/fd/N``);
+- device nodes are skipped and named unless asked for (``--devices``; bare metal always).
+
+Every refusal is a line naming the member and why; the rest is restored and the restore then
+fails (exit 1). The checks cost no process per file and no second read of an archive; tar
+keeps its defaults otherwise (``--absolute-names`` is never used; an existing symlink where a
+file or directory is extracted is replaced, not followed).
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -10,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backup import archive, index
+from backup import archive, index, jail
 from backup.archive import ArchiveError
 from backup.store import Generation, StoreError
 
@@ -102,11 +129,49 @@ def _normal(path: str) -> str:
     return "/" + "/".join(parts)
 
 
+class Damaged(ArchiveError):
+    """An index or manifest that cannot be used; nothing was restored."""
+
+
 @dataclass
 class Selection:
     members: dict[str, list[bytes] | None]  # segment name -> members (None: all of it)
     entries: int = 0
     added_links: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # a line per member refused
+    refused_count: int = 0
+    skipped: list[str] = field(default_factory=list)  # device nodes not made
+
+
+_SEGMENT = re.compile(r"^[0-9]{4,6}$")
+
+
+def check_manifest(gen: Generation, manifest: dict[str, Any]) -> None:
+    """What restore takes from the manifest is what a steward manifest holds: segment names
+    that stay in segments/, filesystem prefixes that stay beneath the destination."""
+    def bad(what: str) -> Damaged:
+        return Damaged(f"generation {gen.id}: manifest.json {what}; nothing was restored "
+                       "(run `steward backup verify`)")
+
+    fss, segs = manifest.get("filesystems"), manifest.get("segments")
+    if not isinstance(fss, list) or not isinstance(segs, list):
+        raise bad("has no list of filesystems and segments")
+    for fs in fss:
+        prefix = fs.get("prefix") if isinstance(fs, dict) else None
+        if not isinstance(prefix, str):
+            raise bad("has a filesystem without a prefix")
+        try:
+            jail.parts(os.fsencode(prefix))
+        except jail.Refused as e:
+            raise bad(f"has the filesystem prefix {jail.shown(os.fsencode(prefix))!r}: "
+                      f"{e}") from None
+    for seg in segs:
+        if not (isinstance(seg, dict) and isinstance(seg.get("name"), str)
+                and _SEGMENT.match(seg["name"]) and type(seg.get("fs")) is int
+                and 0 <= seg["fs"] < len(fss) and seg.get("kind") in ("data", "dirs")
+                and isinstance(seg.get("sha256"), str) and type(seg.get("entries")) is int):
+            raise bad(f"has a segment that is not a steward segment: "
+                      f"{jail.shown(repr(seg).encode())[:200]}")
 
 
 def select(gen: Generation, manifest: dict[str, Any], paths: Iterable[str]) -> Selection:
@@ -122,7 +187,12 @@ def select(gen: Generation, manifest: dict[str, Any], paths: Iterable[str]) -> S
     where: dict[str, dict[str, Any]] = {}
     for seg in manifest["segments"]:
         prefix = manifest["filesystems"][seg["fs"]]["prefix"]
-        for rec in index.read(str(gen.path / "segments" / f"{seg['name']}.idx.gz")):
+        try:
+            records = index.read(str(gen.path / "segments" / f"{seg['name']}.idx.gz"))
+        except index.Damaged as e:
+            raise Damaged(f"{e}: run `steward backup verify {gen.id}`; nothing was "
+                          "restored") from None
+        for rec in records:
             where.setdefault(rec.path, seg)
             for w in wanted:
                 if rec.path == w or rec.path.startswith(w + "/"):
@@ -148,10 +218,13 @@ def select(gen: Generation, manifest: dict[str, Any], paths: Iterable[str]) -> S
 
 
 def restore(gen: Generation, paths: Iterable[str], dest: Path,
-            say: Callable[[str], None] = print) -> Selection:
+            say: Callable[[str], None] = print, *, devices: bool = False) -> Selection:
     """Extract ``paths`` (or "/" for everything) of ``gen`` under ``dest``; the archives
-    involved are checked against their sha256 before anything is written."""
+    involved are checked against their sha256 before anything is written, and every member
+    is kept beneath ``dest`` (see the module's docstring). Device nodes only with
+    ``devices``."""
     manifest = gen.manifest()
+    check_manifest(gen, manifest)
     sel = select(gen, manifest, paths)
     segs = {s["name"]: s for s in manifest["segments"]}
     for name in sel.members:
@@ -160,17 +233,62 @@ def restore(gen: Generation, paths: Iterable[str], dest: Path,
             raise ArchiveError(f"segments/{name}.tar.zst is damaged (sha256 differs); nothing "
                                "was restored")
     dest.mkdir(parents=True, exist_ok=True)
+    prefixes = [fs["prefix"] for fs in manifest["filesystems"]]
     # Directories first (they exist with their owners and modes before files go in), files,
-    # then the directories again: creating an empty directory or a file changes its parent's
-    # time, so times are set only when nothing is created any more. Outer filesystems first.
+    # the symlinks held back meanwhile, then the directories again: creating an entry changes
+    # its parent's time, so times are set only when nothing is created any more. Outer
+    # filesystems first.
     dirs = sorted((n for n in sel.members if segs[n]["kind"] == "dirs"), key=lambda n: (
-        manifest["filesystems"][segs[n]["fs"]]["prefix"].count("/"), n))
+        prefixes[segs[n]["fs"]].count("/"), n))
     data = sorted(n for n in sel.members if segs[n]["kind"] != "dirs")
-    for name in [*dirs, *data, *dirs]:
-        prefix = manifest["filesystems"][segs[name]["fs"]]["prefix"]
-        where = dest / prefix if prefix else dest
-        where.mkdir(parents=True, exist_ok=True)
-        for line in archive.extract(str(gen.path / "segments" / f"{name}.tar.zst"),
-                                    str(where), sel.members[name]):
-            say(line)
+    with jail.Jail(dest, devices=devices, mounts=prefixes) as j:
+        for name in [*dirs, *data]:
+            _extract(gen, name, prefixes[segs[name]["fs"]], sel.members[name], j=j, say=say)
+        for prefix, headers in j.held.items():
+            if headers:
+                _in(j, prefix, _make_links(j, prefix, headers))
+        j.links_made()
+        j.held.clear()
+        for name in dirs:
+            _extract(gen, name, prefixes[segs[name]["fs"]], sel.members[name], j=j, say=say)
+        sel.refused, sel.refused_count, sel.skipped = j.refused, j.refused_count, j.skipped
     return sel
+
+
+def _in(j: jail.Jail, prefix: str, work: Callable[[int], object]) -> bool:
+    """Run ``work`` with the folder of ``prefix`` open; False (and a refusal) if it cannot be
+    reached beneath the destination without a symlink."""
+    try:
+        fd = j.directory(prefix)
+    except jail.Refused as e:
+        j.refuse(f"refused everything of /{prefix}: {e}")
+        return False
+    try:
+        work(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _make_links(j: jail.Jail, prefix: str, headers: list[bytes]) -> Callable[[int], None]:
+    def work(fd: int) -> None:
+        for line in jail.make_held(headers, fd):
+            j.refuse(f"not restored (making the symlinks of /{prefix}): {line}")
+    return work
+
+
+def _extract(gen: Generation, name: str, prefix: str, members: list[bytes] | None, *,
+             j: jail.Jail, say: Callable[[str], None]) -> None:
+    wanted = None if members is None else {
+        b"/".join(p for p in m.split(b"/") if p and p != b".") for m in members}
+    path = str(gen.path / "segments" / f"{name}.tar.zst")
+
+    def work(fd: int) -> None:
+        held, cut, lines = jail.extract(path, fd, j.judge(prefix, name, wanted))
+        j.held.setdefault(prefix, []).extend(held)
+        if cut:
+            j.refuse(f"refused the rest of segments/{name}.tar.zst: {cut}")
+        for line in lines:
+            say(line)
+
+    _in(j, prefix, work)

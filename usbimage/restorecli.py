@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.errors import UsageError
 from agent.system.commands import CommandError, CommandRunner
+from backup.archive import ArchiveError
 from backup.progress import human
 from backup.store import Generation, Store, StoreError
 
@@ -266,7 +267,14 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
         restoredisk.make_filesystems(plan, run)
         with restoredisk.mounted_tree(plan, mount_dir, run) as root:
             say(f"extracting {plan.generation.id} into {root}")
-            sel = restore(plan.generation, ["/"], root, say=lambda _: None)
+            sel = restore(plan.generation, ["/"], root, say=lambda _: None, devices=True)
+            for line in sel.refused:
+                say(line)
+            if sel.refused_count:
+                raise restoredisk.RestoreError(
+                    f"{sel.refused_count} members of {plan.generation.id} refused: they would "
+                    f"have been written outside {root} (the drive's generation is not what "
+                    "steward wrote)")
             lines.append(f"extracted {sel.entries} entries")
             changed = restorefix.rename_uuids(plan, root)
             if changed:
@@ -285,7 +293,7 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
                 say(line)
             _write_report(root, plan, lines, run.done)
         runner.run(["sync"], timeout=600)
-    except (restoredisk.RestoreError, OSError, StoreError) as e:
+    except (restoredisk.RestoreError, OSError, StoreError, ArchiveError) as e:
         out.write(f"steward: restore FAILED: {e}\nSteps done: {'; '.join(run.done) or 'none'}"
                   "\nThe disks are partly written: fix the cause and run steward restore "
                   "again.\n")
