@@ -82,8 +82,8 @@ def forge(gen: Path, segments: list[tuple[str, bytes]], fs: int = 0,
 def resum(gen: Path) -> None:
     """SHA256SUMS over what the generation now holds; the last verify forgotten."""
     lines = []
-    for p in sorted((gen / "segments").iterdir()) + [gen / "layout.json",
-                                                     gen / "manifest.json"]:
+    for p in [*sorted((gen / "segments").iterdir()), gen / "layout.json",
+              gen / "manifest.json"]:
         lines.append(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(gen)}")
     (gen / "SHA256SUMS").write_text("\n".join(lines) + "\n")
     if (gen / "verify.json").exists():

@@ -6,6 +6,7 @@ written."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.backup.hostile import forge, tar_of, tree
 from tests.conftest import run_steward
 from tests.fstree import build_tree, diff, snapshot
 from tests.usb.conftest import fingerprint, root_loop, sh
@@ -198,3 +200,31 @@ def test_wrong_disks_and_missing_confirmation_are_refused(
     assert fingerprint(new) == before
     assert "Traceback" not in r.stderr
     shutil.rmtree(tmp_path / "busy", ignore_errors=True)
+
+
+def test_a_hostile_generation_cannot_write_into_the_rescue_system(
+        server: Server, loop_disk: Callable[[int], str], tmp_path: Path) -> None:
+    """A segment's symlink (etc2 -> a folder of this, the rescue, host) and a later segment's
+    etc2/pwned: the generation is checksummed anew, as whoever writes the drive can do."""
+    host = tmp_path / "rescue-host"
+    host.mkdir()
+    (host / "keep").write_text("rescue system file\n")
+    before = tree(host)
+    gen = next(p for p in server.target.iterdir() if p.name[0].isdigit())
+    link, file = tmp_path / "scratch-link", tmp_path / "scratch-file"
+    link.mkdir()
+    os.symlink(host, link / "etc2")
+    (file / "etc2").mkdir(parents=True)
+    (file / "etc2/pwned").write_text("pwned\n")
+    fss = json.loads((gen / "manifest.json").read_text())["filesystems"]
+    root_fs = next(i for i, fs in enumerate(fss) if fs["prefix"] == "")
+    forge(gen, [("data", tar_of(link, ["etc2"])), ("data", tar_of(file, ["etc2/pwned"]))],
+          fs=root_fs, keep=True)
+    new = loop_disk(SIZE)
+    r = restore("--target", str(server.target), "--map", f"{server.disk}={new}", "--yes",
+                "--mount-dir", str(tmp_path / "mnt"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "refused /etc2/pwned (segments/" in r.stdout and \
+        "/etc2 is a symlink in this generation" in r.stdout, r.stdout
+    assert "restore FAILED: 1 members of" in r.stdout and "Traceback" not in r.stderr
+    assert tree(host) == before
