@@ -102,7 +102,7 @@ class Pipeline:
                                  stderr=subprocess.PIPE, env=env) as zstd:
             self.tar, self.zstd = tar, zstd
             assert tar.stdin and tar.stdout and tar.stderr and zstd.stderr
-            _big_pipe(tar.stdout.fileno())
+            big_pipe(tar.stdout.fileno())
             tar.stdout.close()  # zstd holds it now
             errors: list[bytes] = []
             tar_stderr = tar.stderr
@@ -152,7 +152,7 @@ def _feed(stdin: object, names: Sequence[bytes]) -> None:
             stdin.write(b"".join(n + b"\0" for n in names[i:i + 512]))  # type: ignore
 
 
-def _big_pipe(fd: int) -> None:
+def big_pipe(fd: int) -> None:
     """Fewer, larger reads and writes through a pipe (best effort)."""
     with contextlib.suppress(OSError):
         fcntl.fcntl(fd, F_SETPIPE_SZ, CHUNK)

@@ -12,7 +12,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from backup.archive import READ_RECORDS, TAR_ATTRS, TAR_TIMEOUT, ArchiveError
+from backup.archive import (
+    READ_RECORDS,
+    TAR_ATTRS,
+    TAR_TIMEOUT,
+    ArchiveError,
+    big_pipe,
+)
 from backup.tarstream import DROP, FORWARD, HOLD, ZERO, Member, StreamError, filter_stream
 
 SHOWN = 1000  # refusal lines kept; beyond, only counted
@@ -177,6 +183,8 @@ def extract(path: str, fd: int, judge: Callable[[Member], str]) -> tuple[list[by
                           stderr=subprocess.PIPE, env=env) as zstd:
         assert zstd.stdout is not None and zstd.stderr is not None
         rfd, wfd = os.pipe()
+        big_pipe(zstd.stdout.fileno())  # fewer, larger reads and writes through here
+        big_pipe(wfd)
         try:
             tar = subprocess.Popen([*_argv(fd)[:3], *READ_RECORDS, *_argv(fd)[3:]],
                                    stdin=rfd, stdout=subprocess.PIPE,

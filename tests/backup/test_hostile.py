@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -184,3 +185,27 @@ def test_a_damaged_index_is_a_clear_error_and_nothing_is_restored(
     assert f"run `steward backup verify {gen.name}`; nothing was restored" in r.stderr
     assert not to.exists()
     shutil.rmtree(gen)
+
+
+def test_a_segment_not_in_stewards_format_is_refused_from_that_header_on(
+        tmp_path: Path, target: Path, outside: Path) -> None:
+    gen = _generation(tmp_path, target)
+    scratch = tmp_path / "scratch"
+    (scratch / "etc").mkdir(parents=True)
+    (scratch / "etc/first").write_text("posix\n")
+    (scratch / "etc/second").write_text("gnu\n")
+    posix = tar_of(scratch, ["etc/first"])
+    gnu = subprocess.run(["tar", "--create", "--file=-", "--format=gnu", "-C", str(scratch),
+                          "etc/second"], capture_output=True, timeout=60, check=True).stdout
+    bad = bytearray(tar_of(scratch, ["etc/first"]))
+    bad[1024 + 100] ^= 0x01  # the member's header, after its extended header: checksum off
+    forge(gen, [("data", posix[:2048] + gnu),  # one posix member, then GNU headers
+                ("data", bytes(bad))])
+    to = outside / "to"
+    r = backup("restore-file", gen.name, "/", "--to", str(to), "--target", str(target))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "refused the rest of segments/0000.tar.zst: tar header at byte 2048 is not in the " \
+        "posix format steward writes" in r.stderr, r.stderr
+    assert "refused the rest of segments/0001.tar.zst: tar header at byte 1024 fails its " \
+        "checksum" in r.stderr, r.stderr
+    assert (to / "etc/first").read_text() == "posix\n" and not (to / "etc/second").exists()
