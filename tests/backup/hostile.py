@@ -32,16 +32,15 @@ def tar_of(scratch: Path, names: list[str], transform: str = "") -> bytes:
 def _rows(data: bytes, prefix: str) -> list[list[object]]:
     rows: list[list[object]] = []
     try:
-        t = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
-    except tarfile.ReadError:  # a segment broken on purpose: its index is empty
-        return rows
-    with t:
-        for m in t:
-            rel = "/".join(p for p in m.name.split("/") if p not in ("", "."))
-            path = "/" + "/".join(p for p in (prefix, rel) if p)
-            target = m.linkname if m.issym() else ("/" + m.linkname if m.islnk() else "")
-            rows.append([path, _KINDS.get(m.type, "f"), m.mode, m.uid, m.gid, m.size,
-                         int(m.mtime * 1e9), target])
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as t:
+            for m in t:
+                rel = "/".join(p for p in m.name.split("/") if p not in ("", "."))
+                path = "/" + "/".join(p for p in (prefix, rel) if p)
+                target = m.linkname if m.issym() else ("/" + m.linkname if m.islnk() else "")
+                rows.append([path, _KINDS.get(m.type, "f"), m.mode, m.uid, m.gid, m.size,
+                             int(m.mtime * 1e9), target])
+    except tarfile.ReadError:  # a segment broken on purpose: its index stops there
+        pass
     return rows
 
 
