@@ -31,7 +31,12 @@ from typing import Any
 
 BLOCK = 4096
 SELINUX = b"system_u:object_r:httpd_sys_content_t:s0\x00"
-_MKFS = {"ext4": ["mkfs.ext4", "-q", "-F"], "xfs": ["mkfs.xfs", "-q", "-f"]}
+# Inodes with nanosecond times beyond 2038 asked for, not left to the mkfs version's default:
+# bookworm's (and EL9's e2fsprogs 1.46.5) give a small ext4 256-byte inodes, bullseye's
+# 1.46.2 128-byte ones (whole seconds, 1901..2038); xfs bigtime is the default from xfsprogs
+# 5.15 (bookworm 6.1; bullseye 5.10 and EL9 5.14 have it as an option only).
+_MKFS = {"ext4": ["mkfs.ext4", "-q", "-F", "-I", "256"],
+         "xfs": ["mkfs.xfs", "-q", "-f", "-m", "bigtime=1"]}
 _LOOPS: dict[Path, tuple[str, str]] = {}  # mount point -> (loop device, fstype)
 Snapshot = dict[bytes, dict[str, Any]]  # relative path -> attribute name -> value
 

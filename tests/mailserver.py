@@ -31,10 +31,16 @@ def make_ca(directory: Path) -> tuple[Path, Path, Path]:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")  # fast to generate
-    _openssl("req", "-x509", *ec, "-keyout", d / "ca.key", "-out", d / "ca.pem", "-days", "2",
-             "-subj", f"/CN=steward test CA {secrets.token_hex(4)}",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    # The CA's extensions come from a config of our own: OpenSSL 1.1.1 (bullseye) adds -addext
+    # extensions beside the system openssl.cnf's v3_ca ones, and a CA certificate with two
+    # basicConstraints is rejected ("unable to get local issuer certificate"); 3.0 replaces.
+    (d / "ca.cnf").write_text(
+        "[req]\ndistinguished_name = dn\nx509_extensions = v3_ca\n[dn]\n"
+        "[v3_ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n"
+        "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n")
+    _openssl("req", "-x509", "-config", d / "ca.cnf", *ec, "-keyout", d / "ca.key",
+             "-out", d / "ca.pem", "-days", "2",
+             "-subj", f"/CN=steward test CA {secrets.token_hex(4)}")
     _openssl("req", *ec, "-keyout", d / "key.pem", "-out", d / "server.csr",
              "-subj", "/CN=localhost")
     (d / "server.ext").write_text(

@@ -158,9 +158,15 @@ def rsa_key(tmp_path_factory):
                    capture_output=True, timeout=60)
     der = subprocess.run(["openssl", "pkey", "-in", str(path), "-pubout", "-outform", "DER"],
                          check=True, capture_output=True, timeout=30).stdout
-    pkcs1 = subprocess.run(["openssl", "rsa", "-in", str(path), "-traditional"], check=True,
+    # genrsa writes PKCS#8 with OpenSSL 3 (EL9) but PKCS#1 with 1.1.1 (the 3.9 root), and
+    # only 3 has "rsa -traditional": ask pkcs8/pkey, the same in both, for each form.
+    pkcs8 = subprocess.run(["openssl", "pkcs8", "-topk8", "-nocrypt", "-in", str(path)],
+                           check=True, capture_output=True, timeout=30).stdout.decode()
+    pkcs1 = subprocess.run(["openssl", "pkey", "-in", str(path), "-traditional"], check=True,
                            capture_output=True, timeout=30).stdout.decode()
-    return path.read_text(), pkcs1, der
+    assert pkcs8.startswith("-----BEGIN PRIVATE KEY-----")
+    assert pkcs1.startswith("-----BEGIN RSA PRIVATE KEY-----")
+    return pkcs8, pkcs1, der
 
 
 def test_published_and_private_rsa_numbers_agree(rsa_key):
