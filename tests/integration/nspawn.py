@@ -1,8 +1,10 @@
 """Test support: boot a real systemd (as PID 1) in a systemd-nspawn container.
 
 ``build_rootfs()`` builds once (cached, flock-guarded, atomically renamed into place) a
-Debian bookworm minbase tree with systemd, dbus, postfix and Debian's python3 plus
-steward's dependencies.  ``Container`` boots it; the host reaches it via ``nsenter``.
+Debian minbase tree (bookworm unless another suite is named) with systemd, dbus, postfix
+and Debian's python3 plus steward's dependencies; ``mount_overlay()`` gives a throwaway
+writable view of it (tests/py39root.py chroots into one).  ``Container`` boots it; the
+host reaches it via ``nsenter``.
 
 Keeping the cache pristine: ``--volatile=overlay`` works here, but its tmpfs upper layer
 lives only in nspawn's private mount namespace, so units could only be injected before
@@ -135,10 +137,10 @@ def _run_build(argv: Sequence[str], timeout: float, lock_fd: int) -> None:
             raise RuntimeError(f"{argv[0]} failed ({proc.returncode}):\n{tail}")
 
 
-def build_rootfs(packages: Sequence[str] = DEFAULT_PACKAGES) -> Path:
-    """Return the cached bookworm rootfs containing *packages*, building it if needed."""
+def build_rootfs(packages: Sequence[str] = DEFAULT_PACKAGES, suite: str = SUITE) -> Path:
+    """Return the cached Debian *suite* rootfs containing *packages*, building it if needed."""
     pkgs = sorted(set(packages))
-    key = hashlib.sha256(f"{FORMAT_VERSION}:{SUITE}:{','.join(pkgs)}".encode()).hexdigest()
+    key = hashlib.sha256(f"{FORMAT_VERSION}:{suite}:{','.join(pkgs)}".encode()).hexdigest()
     base, name = cache_dir(), f"rootfs-{key[:12]}"
     final = base / name
     if final.is_dir():
@@ -151,7 +153,7 @@ def build_rootfs(packages: Sequence[str] = DEFAULT_PACKAGES) -> Path:
             log.info("removing stale partial build %s", stale)
             _remove_tree(stale)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=base))
-        log.info("building %s rootfs %s with %s", SUITE, final, pkgs)
+        log.info("building %s rootfs %s with %s", suite, final, pkgs)
         started = time.monotonic()
         debconf = " ".join(f"'{line}'" for line in _DEBCONF)
         seed = f"printf '%s\\n' {debconf} | chroot \"$1\" debconf-set-selections"
@@ -159,7 +161,7 @@ def build_rootfs(packages: Sequence[str] = DEFAULT_PACKAGES) -> Path:
             _run_build(["mmdebstrap", "--variant=minbase", "--include=" + ",".join(pkgs),
                         f"--essential-hook={seed}",
                         '--customize-hook=echo steward-test > "$1/etc/hostname"',
-                        SUITE, str(tmp)], BUILD_TIMEOUT, lock_fd)
+                        suite, str(tmp)], BUILD_TIMEOUT, lock_fd)
             tmp.chmod(0o755)  # mkdtemp made it 0700 and it becomes the container's /
             os.rename(tmp, final)
         except BaseException:
@@ -169,14 +171,32 @@ def build_rootfs(packages: Sequence[str] = DEFAULT_PACKAGES) -> Path:
     return final
 
 
+def mount_overlay(lower: Path, tmp: Path) -> Path:
+    """Mount an overlay of the read-only *lower* at ``tmp/merged`` (upper layer
+    ``tmp/upper``, which may already hold files) and return it; ``_remove_tree(tmp)``
+    unmounts and deletes it all."""
+    upper, work, merged = tmp / "upper", tmp / "work", tmp / "merged"
+    for d in (upper, work, merged):
+        d.mkdir(parents=True, exist_ok=True)
+    _run(["mount", "-t", "overlay", "overlay", "-o",
+          f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)], timeout=30)
+    return merged
+
+
+def remove_tree(path: Path) -> None:
+    """Unmount whatever is mounted at or below *path*, then delete it."""
+    _remove_tree(path)
+
+
 @final
 class Container:
     """A booted systemd container on a throwaway overlay of *rootfs* (context manager)."""
 
     def __init__(self, rootfs: Path | str, units: Mapping[str, str] | None = None,
                  enable: Sequence[str] = (), boot_timeout: float = 60.0,
-                 stop_timeout: float = 20.0) -> None:
+                 stop_timeout: float = 20.0, binds: Mapping[str, str] | None = None) -> None:
         self.rootfs = Path(rootfs)
+        self.binds = dict(binds or {})  # host dir -> in-container path (--bind)
         self.units = dict(units or {})  # unit name -> unit file text, in /etc/systemd/system
         self.enable = list(enable)  # get a multi-user.target.wants symlink
         self.boot_timeout, self.stop_timeout = boot_timeout, stop_timeout
@@ -236,7 +256,8 @@ class Container:
                 self._proc = subprocess.Popen(
                     [*_PDEATHSIG, "systemd-nspawn", "-D", str(self.root),
                      f"--machine={self.machine}", "--register=no", "--keep-unit",
-                     "--private-network", "-b", "--console=pipe"],  # pipe: no console-getty
+                     "--private-network", *(f"--bind={h}:{c}" for h, c in self.binds.items()),
+                     "-b", "--console=pipe"],  # pipe: no console-getty
                     stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                     start_new_session=True)
             self._wait_booted(time.monotonic() + self.boot_timeout)
@@ -245,11 +266,10 @@ class Container:
             raise
 
     def _prepare(self, tmp: Path) -> None:
-        upper, work, merged = tmp / "upper", tmp / "work", tmp / "merged"
+        upper = tmp / "upper"
         unit_dir = upper / "etc/systemd/system"
         wants = unit_dir / "multi-user.target.wants"
-        for d in (work, merged, wants):
-            d.mkdir(parents=True)
+        wants.mkdir(parents=True)
         (upper / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
         for name, text in self.units.items():  # names may be drop-ins: "x.service.d/y.conf"
             (unit_dir / name).parent.mkdir(parents=True, exist_ok=True)
@@ -259,10 +279,7 @@ class Container:
             if name not in self.units and (self.rootfs / "lib/systemd/system" / name).exists():
                 target = f"/lib/systemd/system/{name}"
             (wants / name).symlink_to(target)
-        _run(["mount", "-t", "overlay", "overlay", "-o",
-              f"lowerdir={self.rootfs},upperdir={upper},workdir={work}", str(merged)],
-             timeout=30)
-        self.root = merged
+        self.root = merged = mount_overlay(self.rootfs, tmp)
         st = merged.stat()
         self._dev_ino = f"{st.st_dev}:{st.st_ino}"  # names nspawn's image lock file
 
