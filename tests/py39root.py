@@ -1,7 +1,7 @@
 """Python 3.9 with EL9's library versions: a Debian bullseye root.
 
 Bullseye's Python 3.9.2 with its own python3-* packages (setuptools 52, jinja2 2.11.3,
-psutil 5.8.0, requests 2.25.1, pyudev 0.22, APScheduler 3.7.0, jeepney 0.6.0) is the
+psutil 5.8.0, requests 2.25.1, pyudev 0.22, jeepney 0.6.0) is the
 nearest Debian gets to EL9's stack.  What bullseye lacks comes from the Python registry as
 wheels, at EL9's version: tomli 2.0.1 (no python3-tomli in bullseye) and dnspython 2.1.0
 (bullseye has 2.0.0, EL9 2.1.0).  The test tools (pytest, hypothesis, ...) are wheels too.
@@ -38,7 +38,7 @@ SUITE = "bullseye"
 PACKAGES: tuple[str, ...] = (
     "python3", "python3-pip", "python3-setuptools", "python3-wheel", "python3-jinja2",
     "python3-psutil", "python3-requests", "python3-dnspython", "python3-pyudev",
-    "python3-apscheduler", "python3-jeepney", "openssl", "ca-certificates",
+    "python3-jeepney", "openssl", "ca-certificates",
     # to boot it under systemd-nspawn, and what the tests and steward's checks drive
     "systemd", "systemd-sysv", "dbus", "procps", "iproute2", "acl", "libcap2-bin", "zstd",
     "e2fsprogs", "util-linux", "mount", "postfix", "fdisk", "dosfstools", "xfsprogs",
@@ -136,19 +136,6 @@ def _copy_source(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest, ignore=ignore, symlinks=True)
 
 
-def _fix_apscheduler_metadata(root: Path) -> None:
-    """Bullseye's python3-apscheduler 3.7.0-1 was built without its version (setuptools_scm
-    had no git metadata): its egg-info says 0.0.0, so pip would refuse ``apscheduler>=3.7``
-    although 3.7.0 is installed.  A packaging defect of the test bed, not of EL9 (EPEL 9's
-    python3-APScheduler carries its version): give it the version dpkg installed."""
-    site = root / "usr/lib/python3/dist-packages"
-    for info in site.glob("APScheduler-0.0.0.egg-info"):
-        pkg = info / "PKG-INFO"
-        pkg.write_text(pkg.read_text().replace("\nVersion: 0.0.0\n", "\nVersion: 3.7.0\n", 1))
-        shutil.copytree(info, site / "APScheduler-3.7.0.egg-info")  # overlayfs: no dir rename
-        shutil.rmtree(info)
-
-
 class Root:
     """A throwaway writable bullseye root with steward installed (context manager).
 
@@ -169,7 +156,6 @@ class Root:
             self._tmpfs = self._stack.enter_context(loop_fs("ext4", TMP_MB, self._tmp))
             self._tmpfs.chmod(0o1777)
             self.path = nspawn.mount_overlay(self.rootfs, self._tmp)
-            _fix_apscheduler_metadata(self.path)
             shutil.copytree(self.wheels, self.path / "wheels")
             _copy_source(self.source, self.path / "src")
             self.install()
