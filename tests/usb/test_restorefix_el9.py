@@ -15,7 +15,7 @@ import pytest
 
 from agent.system.commands import CommandRunner
 from backup.store import Generation
-from usbimage import restorefix
+from usbimage import rescueboot, restorefix
 from usbimage.detect import Disk
 from usbimage.restoredisk import Runner
 from usbimage.restoreplan import Lvm, NewFs, Plan, Target
@@ -174,3 +174,17 @@ def test_debian_takes_update_initramfs_where_it_is_when_there_is_no_dracut(
     assert restorefix.initramfs(_plan(tmp_path, {OLD_ROOT: NEW_ROOT}), root, run) == \
         "initramfs: rebuilt (UUIDs changed)"
     assert (root / "recorded").read_text() == "/sbin/update-initramfs -u -k all\n"
+
+
+def test_the_rescue_drive_takes_the_hosts_signed_shim_and_grub_of_its_vendor_dir(
+        tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    _write(root, "boot/efi/EFI/BOOT/shimx64.efi", "MZ")  # the removable-media copy: never
+    _write(root, "boot/efi/EFI/BOOT/grubx64.efi", "MZ")
+    _write(root, "boot/efi/EFI/redhat/shimx64.efi", "MZ")  # a shim without its GRUB: not a chain
+    assert rescueboot._signed_loaders(str(root)) is None
+    _write(root, "boot/efi/EFI/almalinux/shimx64.efi", "MZ")
+    _write(root, "boot/efi/EFI/almalinux/grubx64.efi", "MZ")
+    esp = root / "boot/efi/EFI"
+    assert rescueboot._signed_loaders(str(root)) == (
+        f"{esp}/almalinux/shimx64.efi", f"{esp}/almalinux/grubx64.efi", "almalinux")
