@@ -199,6 +199,9 @@ class Supervisor:
             known = self.policy.reset(unit)
             log.warning("reset of %s requested: restart budget and escalation %s", unit,
                         "cleared" if known else "were already clear")
+            if known:  # the unit may be down now: judged in this pass, not at the next interval
+                for j in self.jobs:
+                    j.next_due = min(j.next_due, time.monotonic())
         mono = time.monotonic()
         with self._lock:
             urgent, self._urgent = self._urgent, set()

@@ -110,9 +110,11 @@ def install_bios(disk: str, data_root: Path, runner: CommandRunner) -> str:
     return f"BIOS boot: GRUB i386-pc on /dev/{disk}"
 
 
-def _signed_loaders() -> tuple[str, str, str] | None:
-    """(shim, grub, vendor) of an EL-style Secure Boot chain on this host, if any."""
-    for shim in sorted(glob.glob("/boot/efi/EFI/*/shimx64.efi")):
+def _signed_loaders(root: str = "/") -> tuple[str, str, str] | None:
+    """(shim, grub, vendor) of an EL-style Secure Boot chain on this host (EFI/redhat,
+    almalinux, rocky; not the removable-media EFI/BOOT), if any."""
+    esp = os.path.join(glob.escape(root), "boot/efi/EFI")
+    for shim in sorted(glob.glob(f"{esp}/*/shimx64.efi")):
         vendor_dir = os.path.dirname(shim)
         grub = os.path.join(vendor_dir, "grubx64.efi")
         if os.path.basename(vendor_dir).upper() != "BOOT" and os.path.isfile(grub):

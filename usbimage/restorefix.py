@@ -246,11 +246,12 @@ def initramfs(plan: Plan, root: Path, run: Runner, devices_changed: bool = False
     if not why:
         return (f"initramfs: kept (it has the drivers the disks need: "
                 f"{', '.join(sorted(need)) or 'built in'})")
-    dracut = _chroot_tool(root, "dracut")
+    dracut = _chroot_tool(root, "dracut")  # EL9 (and Debian where dracut replaced it)
+    update = _chroot_tool(root, "update-initramfs")  # Debian's initramfs-tools
     if dracut:
         argv = [dracut, "-f", "--regenerate-all"]
-    elif _chroot_tool(root, "update-initramfs"):
-        argv = ["/usr/sbin/update-initramfs", "-u", "-k", "all"]
+    elif update:
+        argv = [update, "-u", "-k", "all"]
     else:
         return f"initramfs: NOT rebuilt ({why}): neither dracut nor update-initramfs is there"
     run.step(f"rebuild the initramfs ({why})", [_tool("chroot"), str(root), *argv], T_MKFS)

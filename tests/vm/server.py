@@ -314,8 +314,9 @@ def build_wheel(dest: Path, repo: Path = REPO) -> Path:
     with tempfile.TemporaryDirectory(prefix="steward-wheel-") as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copy2(repo / name, src / name)
+        for name in ("pyproject.toml", "setup.cfg", "setup.py", "README.md"):
+            if (repo / name).exists():  # setup.cfg holds the metadata (6496703)
+                shutil.copy2(repo / name, src / name)
         for pkg in _PACKAGES_IN_WHEEL:
             shutil.copytree(repo / pkg, src / pkg,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
