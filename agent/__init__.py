@@ -8,8 +8,8 @@ import sys
 __version__ = "0.1.0"
 
 # The EL9 RPM (packaging/steward.spec) carries the libraries neither EL9 nor EPEL 9 ships
-# (APScheduler, tzlocal, jeepney) in a private folder instead of site-packages, so they never
-# clash with a distribution package. Appended: an installed distribution package wins.
+# (jeepney) in a private folder instead of site-packages, so it never
+# clashes with a distribution package. Appended: an installed distribution package wins.
 BUNDLED = "/usr/share/steward/bundled"
 if os.path.isdir(BUNDLED) and BUNDLED not in sys.path:
     sys.path.append(BUNDLED)

@@ -30,8 +30,6 @@ PYTHON_LIBS = (
     ("python3-pyudev", "0.22.0", "python3.9dist(pyudev) = 0.22"),
     ("python3-tomli", "2.0.1", "python3.9dist(tomli) = 2.0.1"),
     ("python3-setuptools", "53.0.0", "python3.9dist(setuptools) = 53"),
-    ("python3-pytz", "2021.1", "python3.9dist(pytz) = 2021.1"),
-    ("python3-six", "1.15.0", "python3.9dist(six) = 1.15"),
 )
 NAMES = ("bash", "systemd", *(name for name, _, _ in PYTHON_LIBS))
 
