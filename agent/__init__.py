@@ -1,6 +1,7 @@
 """steward's core: the check model, configuration, runner, adapters and command line."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: this package must import on Python 3.6 far
+# enough for agent.entry to say which Python steward needs.
 
 import os
 import sys

@@ -314,6 +314,17 @@ def compare(path: str, live_root: str) -> list[str]:
     return _pipe_into_tar(path, argv, None, ok=(0, 1))
 
 
+def tar_output(tar: subprocess.Popen[bytes], zstd: subprocess.Popen[bytes], path: str) -> bytes:
+    """What tar printed once it ended, within TAR_TIMEOUT; past it both are killed."""
+    try:
+        out, _ = tar.communicate(timeout=TAR_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        tar.kill()
+        zstd.kill()
+        raise ArchiveError(f"{path}: tar took longer than {TAR_TIMEOUT:.0f} s") from None
+    return out
+
+
 def _pipe_into_tar(path: str, tar_argv: list[str], members: Sequence[bytes] | None,
                    ok: tuple[int, ...] = (0,)) -> list[str]:
     env = dict(os.environ, LC_ALL="C")
@@ -337,12 +348,7 @@ def _pipe_into_tar(path: str, tar_argv: list[str], members: Sequence[bytes] | No
         if wfd >= 0:
             threading.Thread(target=_feed, args=(os.fdopen(wfd, "wb"), members),
                              daemon=True).start()
-        try:
-            out, _ = tar.communicate(timeout=TAR_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            tar.kill()
-            zstd.kill()
-            raise ArchiveError(f"{path}: tar took longer than {TAR_TIMEOUT:.0f} s") from None
+        out = tar_output(tar, zstd, path)
         zerr = zstd.stderr.read() if zstd.stderr else b""
         zstd.wait(60)
     lines = out.decode("utf-8", "replace").splitlines()

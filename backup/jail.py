@@ -18,6 +18,7 @@ from backup.archive import (
     TAR_TIMEOUT,
     ArchiveError,
     big_pipe,
+    tar_output,
 )
 from backup.tarstream import DROP, FORWARD, HOLD, ZERO, Member, StreamError, filter_stream
 
@@ -211,12 +212,7 @@ def extract(path: str, fd: int, judge: Callable[[Member], str]) -> tuple[list[by
 
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
-        try:
-            out, _ = tar.communicate(timeout=TAR_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            tar.kill()
-            zstd.kill()
-            raise ArchiveError(f"{path}: tar took longer than {TAR_TIMEOUT:.0f} s") from None
+        out = tar_output(tar, zstd, path)
         worker.join(60)
         zerr = zstd.stderr.read()
         zstd.wait(60)
