@@ -9,11 +9,8 @@ UDP port is named (BIND's daemon on EL9 and Debian alike, the bind9 package's to
 from __future__ import annotations
 
 import ipaddress
-import os
-import socket
-from pathlib import Path
 
-DAEMONS = ("named",)  # /proc/PID/comm of BIND (named, named-chroot and bind9 units all run it)
+DAEMONS = ("named",)  # the process name of BIND (named, named-chroot and bind9 units all run it)
 
 
 def authoritative(host: str, port: int, domain: str, timeout: float) -> bool:
@@ -33,65 +30,28 @@ def authoritative(host: str, port: int, domain: str, timeout: float) -> bool:
                                                                  dns.rcode.NXDOMAIN)
 
 
-def _hex_address(host: str, port: int) -> tuple[str, str]:
-    """/proc/net/udp's "local_address" form of host:port, and which table holds it."""
-    ip = ipaddress.ip_address(host)
-    packed = ip.packed
-    # The kernel prints the address as 32-bit words in host byte order.
-    words = [packed[i:i + 4] for i in range(0, len(packed), 4)]
-    text = "".join(w[::-1].hex().upper() if socket.htonl(1) != 1 else w.hex().upper()
-                   for w in words)
-    return f"{text}:{port:04X}", "udp6" if ip.version == 6 else "udp"
+def listener(host: str, port: int) -> str | None:
+    """The command name of the process holding the UDP socket on ``host:port`` (or on the
+    wildcard address), or None when it cannot be seen (another user's process, without
+    root). psutil reads the socket table and its owners, as the audit's listeners do."""
+    import psutil
 
-
-def _socket_inodes(host: str, port: int, proc: Path) -> set[str]:
-    want, table = _hex_address(host, port)
-    address = want.split(":")[0]
-    wildcard = f"{'0' * len(address)}:{port:04X}"
-    inodes = set()
-    for name in {table, "udp6"}:  # a v6 wildcard socket also takes v4
-        try:
-            lines = (proc / "net" / name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and fields[1] in (want, wildcard):
-                inodes.add(fields[9])
-    return inodes
-
-
-def listener(host: str, port: int, proc: Path = Path("/proc")) -> str | None:
-    """The command name of the process holding the UDP socket on ``host:port``, or None when
-    it cannot be seen (another user's process, without root)."""
-    inodes = {f"socket:[{i}]" for i in _socket_inodes(host, port, proc)}
-    if not inodes:
-        return None
-    for pid in os.listdir(proc):
-        if not pid.isdigit():
-            continue
-        try:
-            fds = os.listdir(proc / pid / "fd")
-        except OSError:
-            continue
-        for fd in fds:
+    wildcards = ("0.0.0.0", "::")  # noqa: S104 - compared with, not bound to
+    for c in psutil.net_connections(kind="udp"):
+        if c.laddr and c.laddr.port == port and c.pid and (
+                c.laddr.ip == host or c.laddr.ip in wildcards):
             try:
-                if os.readlink(proc / pid / "fd" / fd) in inodes:
-                    return (proc / pid / "comm").read_text().strip()
-            except OSError:
+                return str(psutil.Process(c.pid).name())
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
     return None
 
 
-def running(proc: Path = Path("/proc")) -> bool:
+def running() -> bool:
     """Whether a BIND process runs at all (when the socket's owner cannot be seen)."""
-    for pid in os.listdir(proc):
-        try:
-            if pid.isdigit() and (proc / pid / "comm").read_text().strip() in DAEMONS:
-                return True
-        except OSError:
-            continue
-    return False
+    import psutil
+
+    return any(p.info["name"] in DAEMONS for p in psutil.process_iter(["name"]))
 
 
 def serves(host: str, port: int, domain: str, timeout: float) -> bool:
