@@ -130,11 +130,13 @@ GROUP = f"root:x:0:\npostfix:x:89:\nmail:x:12:postfix\nopendkim:x:{OPENDKIM}:\n"
 PEM = "-----BEGIN DUMMY-----\n"
 
 
-def write(root: Path, path: str, text: str, mode: int = 0o644, owner: int = 0) -> Path:
+def write(root: Path, path: str, text: str, mode: int = 0o644, owner: int = 0,
+          group: int = 0) -> Path:
+    """``text`` at ``path`` under ``root`` (folders made), with mode and owner:group."""
     p = root / path.lstrip("/")
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text)
-    os.chown(p, owner, owner)
+    os.chown(p, owner, group)
     p.chmod(mode)
     return p
 
@@ -237,7 +239,8 @@ def _system(root: Path, t: int) -> None:
     write(root, "/etc/group", GROUP)
     for f in ("shadow", "gshadow", "shadow-", "gshadow-"):
         write(root, f"/etc/{f}", "root:!::0:99999:7:::\n", 0)
-    write(root, "/etc/opendkim/keys/example.com/default.private", PEM, 0o600, OPENDKIM)
+    write(root, "/etc/opendkim/keys/example.com/default.private", PEM, 0o600, OPENDKIM,
+          OPENDKIM)
     write(root, "/etc/opendkim/KeyTable",
           "default._domainkey.example.com example.com:default:"
           "/etc/opendkim/keys/example.com/default.private\n")

@@ -26,6 +26,7 @@ from agent.system.commands import CommandRunner
 from checks.audit import system
 from checks.audit.base import Context, Finding
 from checks.audit.options import AuditOptions
+from tests.audit.fulltree import write
 
 REPO = Path(__file__).resolve().parents[2]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (owners, namespaces)")
@@ -37,16 +38,6 @@ def context(root: Path, **options: Any) -> Context:
 
 def by_rule(findings: list[Finding]) -> dict[str, Finding]:
     return {f.rule: f for f in findings}
-
-
-def write(root: Path, path: str, text: str, mode: int = 0o644, owner: int = 0,
-          group: int = 0) -> Path:
-    p = root / path.lstrip("/")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
-    os.chown(p, owner, group)
-    p.chmod(mode)
-    return p
 
 
 def el9_accounts(root: Path) -> Path:
