@@ -152,11 +152,11 @@ PLUGINS_OFF = ("local", "versionlock", "post-transaction-actions", "debuginfo-in
                "copr", "show-leaves")
 
 
-def missing_tools() -> str | None:
-    """Why the bed cannot be built here, or None."""
-    missing = [t for t in TOOLS if shutil.which(t) is None]
+def missing_tools(tools: tuple[str, ...] = TOOLS, apt: str = APT) -> str | None:
+    """Why the bed (or another rpm test needing ``tools``) cannot be built here, or None."""
+    missing = [t for t in tools if shutil.which(t) is None]
     if missing:
-        return f"missing {', '.join(missing)} (apt-get: {APT})"
+        return f"missing {', '.join(missing)} (apt-get: {apt})"
     if os.geteuid() != 0:
         return "rpm transactions in an installroot need root (scriptlets run chrooted)"
     return None

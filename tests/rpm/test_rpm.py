@@ -39,12 +39,9 @@ UNITS = ("steward.service", "steward-patch.timer")  # the units the scriptlets n
 
 
 def _missing() -> str | None:
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        return f"missing {', '.join(missing)} (apt-get install rpm rpmlint dnf createrepo-c)"
-    if os.geteuid() != 0:
-        return "rpm transactions in an installroot need root (scriptlets run chrooted)"
-    return None
+    from tests.patch.repo import missing_tools
+
+    return missing_tools(TOOLS, "apt-get install -y rpm rpmlint dnf createrepo-c")
 
 
 def run(argv: list[str], timeout: float = 300, check: bool = True,
