@@ -1,5 +1,6 @@
 """tar | zstd pipelines: writing a segment (read back from the device and compared with the
-bytes written before it counts) and extracting one."""
+bytes written before it counts) and comparing one with the live tree (restore extracts
+through backup.jail)."""
 
 from __future__ import annotations
 
@@ -298,20 +299,11 @@ def check_frames(path: str, why: str) -> None:
         raise ArchiveError(f"{path}: {why} (zstd -t: {err[-300:] or 'killed'})")
 
 
-def extract(path: str, dest: str, members: Sequence[bytes] | None) -> list[str]:
-    """Unpack segment ``path`` into ``dest`` (all of it, or just ``members``); tar's warnings."""
-    argv = ["tar", "--extract", "--file=-", *READ_RECORDS, *TAR_ATTRS, "--same-owner",
-            "--same-permissions", f"--directory={dest}"]
-    if members is not None:
-        argv += ["--no-recursion", "--null", "--verbatim-files-from", "--files-from", "-"]
-    return _pipe_into_tar(path, argv, members)
-
-
 def compare(path: str, live_root: str) -> list[str]:
     """``tar --compare`` of a segment against the live tree: the lines that differ."""
     argv = ["tar", "--compare", "--file=-", *READ_RECORDS, *TAR_ATTRS,
             f"--directory={live_root}"]
-    return _pipe_into_tar(path, argv, None, ok=(0, 1))
+    return _pipe_into_tar(path, argv, ok=(0, 1))
 
 
 def tar_output(tar: subprocess.Popen[bytes], zstd: subprocess.Popen[bytes], path: str) -> bytes:
@@ -325,29 +317,14 @@ def tar_output(tar: subprocess.Popen[bytes], zstd: subprocess.Popen[bytes], path
     return out
 
 
-def _pipe_into_tar(path: str, tar_argv: list[str], members: Sequence[bytes] | None,
-                   ok: tuple[int, ...] = (0,)) -> list[str]:
+def _pipe_into_tar(path: str, tar_argv: list[str], ok: tuple[int, ...] = (0,)) -> list[str]:
     env = dict(os.environ, LC_ALL="C")
-    # Member names are read from a pipe of our own, so tar's stdin stays the archive.
     with subprocess.Popen(["zstd", "-dc", "-q", path], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, env=env) as zstd:
-        argv = list(tar_argv)
-        rfd = wfd = -1
-        if members is not None:
-            rfd, wfd = os.pipe()
-            argv[-1] = f"/dev/fd/{rfd}"
-        try:
-            tar = subprocess.Popen(argv, stdin=zstd.stdout, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, env=env,
-                                   pass_fds=(rfd,) if rfd >= 0 else ())
-        finally:
-            if rfd >= 0:
-                os.close(rfd)
+        tar = subprocess.Popen(tar_argv, stdin=zstd.stdout, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, env=env)
         assert zstd.stdout is not None
         zstd.stdout.close()
-        if wfd >= 0:
-            threading.Thread(target=_feed, args=(os.fdopen(wfd, "wb"), members),
-                             daemon=True).start()
         out = tar_output(tar, zstd, path)
         zerr = zstd.stderr.read() if zstd.stderr else b""
         zstd.wait(60)
