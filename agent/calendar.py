@@ -64,6 +64,11 @@ def matches(schedule: Schedule, d: date) -> bool:
     return not schedule.weekdays or d.weekday() in schedule.weekdays
 
 
+def next_start(schedule: Schedule, tz: tzinfo, after: datetime) -> datetime:
+    """The first window start strictly after the aware datetime ``after``, in ``tz``."""
+    return first_start(schedule, tz, after + timedelta(microseconds=1))
+
+
 def first_start(schedule: Schedule, tz: tzinfo, at: datetime) -> datetime:
     """The first window start at or after the aware datetime ``at``, in ``tz`` (labelled with
     the offset the clock shows then)."""

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.calendar import first_start, local_zone
+from agent.calendar import first_start, local_zone, next_start
 from agent.config.patch import PatchOptions, Schedule, parse_schedule
 from agent.fileio import write_atomic
 from agent.quote import quote
@@ -55,10 +55,8 @@ class WindowTrigger:
         self.jitter = jitter
         self.rng = rng or random.SystemRandom()
 
-    def window_start(self, previous_fire_time: datetime | None,
-                     now: datetime) -> datetime | None:
-        """The first window start at or after ``now``, without the random delay
-        (``previous_fire_time`` is accepted as a cron trigger's is, and not needed)."""
+    def window_start(self, now: datetime) -> datetime:
+        """The first window start at or after ``now``, without the random delay."""
         return first_start(self.schedule, self.timezone, now)
 
     def add_jitter(self, when: datetime) -> datetime:
@@ -69,9 +67,10 @@ class WindowTrigger:
         return (_utc(when) + delay).astimezone(self.timezone)
 
     def get_next_fire_time(self, previous_fire_time: datetime | None,
-                           now: datetime) -> datetime | None:
-        t = self.window_start(previous_fire_time, now)
-        return None if t is None else self.add_jitter(t)
+                           now: datetime) -> datetime:
+        """The next start at or after ``now`` with its random delay (a cron trigger's
+        signature; ``previous_fire_time`` is not needed)."""
+        return self.add_jitter(self.window_start(now))
 
 
 def cron_trigger(schedule: str | Schedule, random_delay: float = 0, tz: tzinfo | None = None,
@@ -90,10 +89,8 @@ def next_window(schedule: str | Schedule | WindowTrigger, after: datetime,
                 tz: tzinfo | None = None) -> datetime:
     """The first window start strictly after ``after`` (aware), without the random delay, in
     the schedule's time zone."""
-    t = _trigger(schedule, tz).window_start(None, _utc(after) + TICK)
-    if t is None:  # every grammar form recurs; only an end_date could stop it
-        raise ValueError(f"schedule {quote(schedule)} has no window after {after}")
-    return t
+    trigger = _trigger(schedule, tz)
+    return next_start(trigger.schedule, trigger.timezone, _utc(after))
 
 
 def due_window(schedule: str | Schedule | WindowTrigger, last: datetime, now: datetime,
@@ -101,10 +98,10 @@ def due_window(schedule: str | Schedule | WindowTrigger, last: datetime, now: da
     """The latest window start in (last, now] and how many there were (UTC)."""
     trigger = _trigger(schedule, tz)
     latest, count = None, 0
-    t = trigger.window_start(None, _utc(last) + TICK)
-    while t is not None and _utc(t) <= _utc(now) and count < MAX_WINDOWS:
+    t = trigger.window_start(_utc(last) + TICK)
+    while _utc(t) <= _utc(now) and count < MAX_WINDOWS:
         latest, count = _utc(t), count + 1
-        t = trigger.window_start(None, _utc(t) + TICK)
+        t = trigger.window_start(_utc(t) + TICK)
     return latest, count
 
 

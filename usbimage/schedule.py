@@ -11,6 +11,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from agent.calendar import local_zone, next_start
+from agent.config.patch import parse_schedule
 from agent.fileio import write_atomic
 from agent.system.commands import CommandRunner
 from usbimage.drive import Drive, find_drives
@@ -23,10 +25,8 @@ STATE = "usb-schedule.json"
 class UsbSchedule:
     def __init__(self, schedule: str, runner: CommandRunner, state_dir: Path,
                  start: Callable[[Drive, str], DriveEvent]) -> None:
-        from patch.window import cron_trigger
-
         self.schedule, self.runner, self.start = schedule, runner, start
-        self.trigger = cron_trigger(schedule)
+        self.parsed, self.zone = parse_schedule(schedule), local_zone()
         self.path = state_dir / STATE
         self.next: datetime | None = None
 
@@ -37,16 +37,14 @@ class UsbSchedule:
             return None
 
     def tick(self, now: float) -> list[DriveEvent]:
-        from patch.window import next_window
-
         at = datetime.fromtimestamp(now, timezone.utc)
         if self.next is None:
             last = self._last()
-            self.next = next_window(self.trigger, max(at, last) if last else at)
+            self.next = next_start(self.parsed, self.zone, max(at, last) if last else at)
             log.info("next scheduled USB backup: %s", self.next.isoformat(timespec="minutes"))
         if at < self.next:
             return []
-        due, self.next = self.next, next_window(self.trigger, at)
+        due, self.next = self.next, next_start(self.parsed, self.zone, at)
         write_atomic(self.path, json.dumps({"last": due.isoformat()}) + "\n")
         when = due.astimezone().strftime("%a %Y-%m-%d %H:%M")
         drives = find_drives(self.runner)
