@@ -4,8 +4,14 @@ Pure bookkeeping: given what it remembers and a pass of results, it says which a
 and which units to restart; the supervisor does both and reports the restarts back. Rules:
 tolerance (N failed runs within M) before anything happens; inhibited results (a dependency
 fails) and results under maintenance neither act nor alert; a restart budget per unit with
-exponential backoff and a grace period; budget spent -> escalate and stop restarting until the
-unit recovers or is reset.
+backoff for restarts that did not hold and a grace period; budget spent -> escalate and stop
+restarting until the unit recovers or is reset.
+
+Backoff: a restart *held* when every result of the unit was OK in a pass at least ``SETTLE`` s
+after it. The next failure of a unit whose restart held is a new failure and is restarted at
+once (waiting would only lengthen the outage; the budget still bounds a unit that keeps dying).
+Restarts that did not hold (the unit never came up) wait ``backoff`` s before the next one, then
+twice that, and so on: a unit that fails on every start is not hammered.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class UnitRecord:
     next_at: float = 0.0  # no restart before this (grace and backoff)
     escalated: str = ""  # why restarting stopped; empty while restarting may help
     last_action: str = ""
+    streak: int = 0  # restarts in a row that did not hold (the unit never came up OK)
 
 
 @dataclass
@@ -96,6 +103,11 @@ class Restart:
     reason: str
 
 
+def settle(restart: RestartOptions) -> float:
+    """Seconds after a restart from which an OK unit counts as up again (the restart held)."""
+    return min(restart.grace, 2.0)
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:g} min"
 
@@ -131,6 +143,7 @@ class Policy:
                     restarts[r.unit] = decision
                 elif decision is not None:
                     alerts.append(decision)
+        self._held(results, now)
         self._clear_recovered()
         return alerts, list(restarts.values())
 
@@ -143,6 +156,15 @@ class Policy:
                 rec.since = now
             rec.status, rec.summary = r.status.name, r.summary
         rec.unit = r.unit
+
+    def _held(self, results: list[Result], now: float) -> None:
+        """A unit all of whose results in this pass are OK, settled after its last restart:
+        that restart held, so its next failure is restarted without backoff."""
+        bad = {r.unit for r in results if r.unit and r.status is not Status.OK}
+        for name in {r.unit for r in results if r.unit} - bad:
+            unit = self.memory.units.get(name)
+            if unit and unit.restarts and now >= unit.restarts[-1] + settle(self.restart):
+                unit.streak, unit.next_at = 0, 0.0
 
     def _blocker(self, r: Result) -> str:
         for cid, rec in self.memory.checks.items():
@@ -182,7 +204,9 @@ class Policy:
             return [self.escalation(restart.unit, restart.check, unit.escalated, now)]
         unit.restarts.append(now)
         k = len(unit.restarts)
-        unit.next_at = now + max(self.restart.grace, self.restart.backoff * 2 ** (k - 1))
+        unit.streak += 1
+        unit.next_at = now + max(self.restart.grace,
+                                 self.restart.backoff * 2 ** (unit.streak - 1))
         unit.last_action = action
         return [Alert("restart", restart.check, Status.CRIT,
                       f"steward ran: {action} ({k} of {self.restart.budget} within "

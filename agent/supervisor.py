@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -26,7 +26,7 @@ from agent.config import Config, ConfigError, load
 from agent.env import Env
 from agent.model import Check, Result, Status
 from agent.notify import Notifier
-from agent.policy import Alert, Policy, Restart
+from agent.policy import Alert, Policy, Restart, settle
 from agent.registry import Registry
 from agent.runner import plan, resolve, run_checks
 from agent.state import StateDir
@@ -51,7 +51,8 @@ class Watcher(Protocol):
 class _Job:
     check: Check
     next_due: float  # monotonic
-    recheck: float = float("inf")  # a run wanted early: when a restart's grace period ends
+    # runs wanted early (monotonic): when a restart has settled and when its grace ends
+    rechecks: list[float] = field(default_factory=list)
 
 
 class Supervisor:
@@ -90,6 +91,10 @@ class Supervisor:
         self.early = early  # plugins that failed to load: reported every pass
         service = self.env.config.checks.get("service")
         self.watched = set(getattr(service, "units", None) or ())
+        # A service whose daemon runs in another unit (Debian's postfix.service, an "active
+        # (exited)" wrapper of postfix@-.service): its name -> the unit that runs the daemon,
+        # learnt from the service check's results. That unit is watched and restarted.
+        self.runs_in: dict[str, str] = {}
         self.results: dict[str, Result] = {}  # the latest of each configured check
         opts = self.env.config.patch
         if opts.parsed_schedule is None:
@@ -135,7 +140,8 @@ class Supervisor:
     # -- events from other threads and signals -------------------------------------------
     def _unit_changed(self, unit_id: str, active_state: str) -> None:
         name = unit_id.removesuffix(".service")
-        if not unit_id or name in self.watched or unit_id in self.watched:
+        watched = self.watched | set(self.runs_in.values())
+        if not unit_id or name in watched or unit_id in watched:
             log.debug("unit %s is now %s: service check runs now", unit_id, active_state)
             with self._lock:
                 self._urgent.add("service")
@@ -209,10 +215,9 @@ class Supervisor:
         results = run_checks([j.check for j in due], self.env) if due else []
         after = time.monotonic()
         for j in due:
-            j.next_due = after + self._interval(j.check)
-            if j.recheck <= after:
-                j.recheck = float("inf")
-            j.next_due = min(j.next_due, j.recheck)
+            j.rechecks = [t for t in j.rechecks if t > after]
+            j.next_due = min([after + self._interval(j.check), *j.rechecks])
+        results = self._follow(results)
         results += self.early if due else []
         now = time.time()  # after the checks, which may take up to their timeouts
         self.results.update((r.check, r) for r in results)
@@ -225,6 +230,20 @@ class Supervisor:
         self._notifier().tick(now, self.memory.checks)
         self._persist()
         self.sd.send(watchdog="1", status=self._status_text)
+
+    def _follow(self, results: list[Result]) -> list[Result]:
+        """Results linked to a service whose daemon runs in another unit are linked to that
+        unit instead (restarting a wrapper that is "active (exited)" restarts nothing, or
+        everything); their dependency stays the service the administrator knows."""
+        for r in results:
+            if r.check.startswith("service:") and r.unit:
+                name = r.check.split(":", 1)[1]
+                if r.unit != name:
+                    self.runs_in[name] = r.unit
+                else:
+                    self.runs_in.pop(name, None)
+        return [replace(r, unit=self.runs_in[r.unit]) if r.unit in self.runs_in and
+                not r.check.startswith("service:") else r for r in results]
 
     def _patch_window(self, now: float) -> list[Alert]:
         """Start ``steward patch apply`` as its own transient unit when the window opens;
@@ -279,11 +298,11 @@ class Supervisor:
         except CommandError as e:
             action, error = f"restart {rs.unit}", str(e)
         log.warning("%s: %s%s", rs.unit, action, f" failed: {error}" if error else "")
-        grace = time.monotonic() + self.env.config.restart.grace
-        for j in self.jobs:  # judge the unit again when its grace period ends
+        mono, opts = time.monotonic(), self.env.config.restart
+        for j in self.jobs:  # judge the unit again once it has settled and when grace ends
             if j.check.name == "service" or j.check.id == rs.check:
-                j.recheck = min(j.recheck, grace)
-                j.next_due = min(j.next_due, grace)
+                j.rechecks += [mono + settle(opts) + 0.05, mono + opts.grace]
+                j.next_due = min(j.next_due, *j.rechecks)
         return self.policy.restarted(rs, now, error, action)
 
     def _notifier(self) -> Notifier:

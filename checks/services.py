@@ -68,12 +68,29 @@ class ServiceCheck(Check):
                                 "running here", details=e.stderr_tail,
                                 remedy="run steward on a host booted with systemd, or set "
                                 "[checks.service] enabled = false")]
+        inner = sorted({m for st in states for m in st.wrapper_of})
+        members = {m.id: m for m in env.systemd.show(inner)} if inner else {}
         out = []
         for st in states:
             if not st.exists and self.options.missing == "skip":
                 continue
-            out.append(self.judge(st))
+            runs = [members[m] for m in st.wrapper_of if m in members]
+            out.append(self.judge_wrapper(st, runs) if runs else self.judge(st))
         return out
+
+    def judge_wrapper(self, wrapper: UnitState, members: Sequence[UnitState]) -> Result:
+        """A wrapper is as good as the worst unit it wraps; the result keeps the wrapper's
+        name (what the administrator knows) and links the member that runs the daemon (what
+        steward watches and restarts). Members count as enabled when the wrapper is: they
+        start with it."""
+        judged = [self.judge(dataclasses.replace(m, name=m.id.removesuffix(".service"),
+                                                 unit_file_state=wrapper.unit_file_state))
+                  for m in members]
+        worst = max(range(len(judged)), key=lambda i: judged[i].status.severity)
+        r, m = judged[worst], members[worst]
+        return dataclasses.replace(
+            r, check=f"service:{wrapper.name}", summary=f"{r.summary} in {m.id}",
+            details=f"{_describe(wrapper)}\n" + "\n".join(x.details for x in judged))
 
     def judge(self, u: UnitState) -> Result:
         journal = f"journalctl -u {u.id} -b -n 50"

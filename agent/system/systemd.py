@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from agent.system.commands import CommandError, CommandRunner
 
 PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "Result", "NRestarts",
-              "UnitFileState", "Restart")
+              "UnitFileState", "Restart", "ConsistsOf")
 
 
 class SystemdUnavailable(CommandError):
@@ -27,6 +27,16 @@ class UnitState:
     n_restarts: int
     unit_file_state: str  # enabled, disabled, static, masked, "" when not found...
     restart: str = ""  # the unit's Restart= setting: no, always, on-failure... ("" if none)
+    consists_of: tuple[str, ...] = ()  # units that are PartOf= this one (postfix@-.service)
+
+    @property
+    def wrapper_of(self) -> tuple[str, ...]:
+        """The services this unit only wraps: it is "active (exited)" (a oneshot that started
+        them, as Debian's postfix.service) and services are PartOf= it. Their state, not
+        this one's, says whether the daemon runs."""
+        if self.active_state != "active" or self.sub_state != "exited":
+            return ()
+        return tuple(u for u in self.consists_of if u.endswith(".service"))
 
     @property
     def start_limit_hit(self) -> bool:
@@ -147,4 +157,5 @@ def _parse(asked: str, block: str) -> UnitState:
         n_restarts=restarts,
         unit_file_state=props.get("UnitFileState", ""),
         restart=props.get("Restart", ""),
+        consists_of=tuple(props.get("ConsistsOf", "").split()),
     )

@@ -159,3 +159,33 @@ def test_a_probe_failure_a_restart_cannot_cure_is_alerted_but_not_restarted():
     alerts, restarts = p.evaluate([svc(OK), cert], 0, NONE)
     assert kinds(alerts) == [("problem", "smtp:localhost:25", "CRIT")]
     assert restarts == []
+
+
+def test_a_unit_that_came_back_and_fails_again_is_restarted_at_once_while_the_budget_lasts():
+    p = policy(budget=3, backoff=30, grace=20)
+    done = []
+    for t in (0, 10, 20):  # killed, back within a second, killed again 10 s later
+        _, restarts = p.evaluate([svc(CRIT)], t, NONE)
+        assert [r.unit for r in restarts] == ["postfix"], f"no restart at {t}"
+        p.restarted(restarts[0], t, "", "restart")
+        done.append(t)
+        p.evaluate([svc(OK)], t + 1, NONE)  # too soon after the restart to count as held
+        assert p.memory.units["postfix"].streak == 1
+        p.evaluate([svc(OK)], t + 3, NONE)  # settled: the restart held
+        assert p.memory.units["postfix"].streak == 0
+    assert done == [0, 10, 20]
+    assert p.evaluate([svc(CRIT)], 30, NONE)[1] == [], "budget of 3 spent"
+    alerts, restarts = p.evaluate([svc(CRIT)], 41, NONE)
+    assert restarts == [] and kinds(alerts) == [("escalation", "service:postfix", "CRIT")]
+
+
+def test_a_restart_that_did_not_hold_backs_off_even_after_an_earlier_one_held():
+    p = policy(budget=5, backoff=30, grace=5)
+    _, [rs] = p.evaluate([svc(CRIT)], 0, NONE)
+    p.restarted(rs, 0, "", "restart")
+    p.evaluate([svc(OK)], 3, NONE)
+    _, [rs] = p.evaluate([svc(CRIT)], 10, NONE)  # held: at once
+    p.restarted(rs, 10, "", "restart")
+    assert p.evaluate([svc(CRIT)], 16, NONE)[1] == [], "never came up: backoff 30 s"
+    assert p.evaluate([svc(CRIT)], 39, NONE)[1] == []
+    assert len(p.evaluate([svc(CRIT)], 40, NONE)[1]) == 1
