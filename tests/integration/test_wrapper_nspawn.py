@@ -64,10 +64,10 @@ def test_killed_master_of_a_wrapped_postfix_is_restarted_twice_in_a_row(box):
         old = wait_for("postfix master", lambda: master(box))
         box.run(["python3", "-c", f"import os; os.kill({old}, 9)"])
         seen = []
-        wait_for(f"{DAEMON} back after kill {kill}", lambda: states(box, seen, old),
-                 timeout=10, step=0.05)
+        wait_for(f"{DAEMON} back after kill {kill}",
+                 lambda seen=seen, old=old: states(box, seen, old), timeout=10, step=0.05)
         assert seen[-1] == "active"
-        log = wait_for("the restart logged", lambda: (t := journal(box)).count(
+        log = wait_for("the restart logged", lambda kill=kill: (t := journal(box)).count(
             f"steward ran: systemctl restart {DAEMON}") == kill and t, timeout=10)
         assert f"restart CRIT service:postfix: steward ran: systemctl restart {DAEMON} " \
             f"({kill} of 5 within 15 min)" in log
