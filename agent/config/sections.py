@@ -21,8 +21,8 @@ class RestartOptions:
     enabled: bool = option(True, BOOLEAN, "restart failed units and units whose probe fails")
     budget: int = option(3, number(1, 100, integer=True), "restarts per unit within window")
     window: float = option(900.0, number(60, 86400), "seconds the restart budget counts over")
-    backoff: float = option(30.0, number(0, 3600), "seconds between the first and second "
-                            "restart; doubles after each")
+    backoff: float = option(30.0, number(0, 3600), "seconds before retrying a restart that "
+                            "did not hold (the unit never came up OK); doubles after each")
     grace: float = option(20.0, number(0, 3600), "seconds after a restart before the unit is "
                           "judged again")
 
