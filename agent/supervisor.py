@@ -92,8 +92,9 @@ class Supervisor:
         service = self.env.config.checks.get("service")
         self.watched = set(getattr(service, "units", None) or ())
         # A service whose daemon runs in another unit (Debian's postfix.service, an "active
-        # (exited)" wrapper of postfix@-.service): its name -> the unit that runs the daemon,
-        # learnt from the service check's results. That unit is watched and restarted.
+        # (exited)" wrapper of postfix@-.service; a socket-activated service's .socket): its
+        # name -> the unit that runs the daemon or listens for it, learnt from the service
+        # check's results. That unit is watched and restarted.
         self.runs_in: dict[str, str] = {}
         self.results: dict[str, Result] = {}  # the latest of each configured check
         opts = self.env.config.patch
@@ -141,7 +142,9 @@ class Supervisor:
     def _unit_changed(self, unit_id: str, active_state: str) -> None:
         name = unit_id.removesuffix(".service")
         watched = self.watched | set(self.runs_in.values())
-        if not unit_id or name in watched or unit_id in watched:
+        templates = tuple(w for w in self.watched if w.endswith("@"))  # their instances
+        if not unit_id or name in watched or unit_id in watched or \
+                (templates and name.startswith(templates)):
             log.debug("unit %s is now %s: service check runs now", unit_id, active_state)
             with self._lock:
                 self._urgent.add("service")

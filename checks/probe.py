@@ -28,6 +28,8 @@ from agent.config.schema import (
 from agent.env import Env
 from agent.model import Check, Metric, Result, Status
 from agent.ranges import Range, judge
+from agent.system.listeners import port_owner
+from agent.system.systemd import unit_name
 from checks.ports import split_target
 from checks.services import watched_units
 from checks.tlsinfo import (
@@ -204,8 +206,27 @@ class ProbeCheck(Check):
         host, port = split_target(self.target)
         result = self.probe(host, port)
         unit = self.linked_unit(host)
-        return [dataclasses.replace(result, unit=unit, depends_on=(f"service:{unit}",))
-                if unit else result]
+        if not unit:
+            return [result]
+        linked = dataclasses.replace(result, unit=unit, depends_on=(f"service:{unit}",))
+        return [self.held_by(linked, port) if result.status is not Status.OK else linked]
+
+    @staticmethod
+    def held_by(result: Result, port: int) -> Result:
+        """A failing local target is restarted in the unit whose process holds its port
+        (which may not be the unit it is linked to: an instance, an alternative unit such as
+        named-chroot, a unit of the administrator's own); the result keeps its id and its
+        dependency on the service the administrator knows, and says which unit runs it."""
+        owner = port_owner(port)
+        if owner is None:
+            return result
+        linked = unit_name(result.unit)
+        why = owner.describe(port)
+        if owner.unit.endswith(".service") and owner.unit != linked:
+            why += f" (not {linked}): that unit is restarted"
+            return dataclasses.replace(result, unit=owner.unit.removesuffix(".service"),
+                                       details=f"{result.details}\n{why}".strip("\n"))
+        return dataclasses.replace(result, details=f"{result.details}\n{why}".strip("\n"))
 
     def probe(self, host: str, port: int) -> Result:
         o = self.options

@@ -13,9 +13,12 @@ from agent.system.commands import CommandError
 from agent.system.systemd import SystemdUnavailable, UnitState, unit_name
 
 # What an EL9 mail/web/DNS appliance may run; the default config watches those present here.
+# EL9's names come first; a Debian name (ALIASES) is tried when the EL9 one is not used here.
 APPLIANCE_UNITS = ("postfix", "dovecot", "httpd", "named", "named-chroot", "opendkim", "rspamd",
                    "redis", "sshd", "chronyd", "firewalld", "crond", "auditd", "rsyslog",
                    "fail2ban")
+ALIASES = {"httpd": ("apache2",), "named": ("bind9",), "redis": ("redis-server",),
+           "sshd": ("ssh",), "chronyd": ("chrony",), "crond": ("cron",)}
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,33 @@ DISCOVERY_TIMEOUT = 5.0  # start-up discovery must not hold up a one-shot check 
 
 def discover(env: Env, candidates: Sequence[str] = APPLIANCE_UNITS) -> tuple[str, ...]:
     """The candidates that exist here and are enabled or running (installed-but-unused is not
-    watched). Raises SystemdUnavailable when systemd cannot be asked."""
-    return tuple(u.name for u in env.systemd.show(candidates, timeout=DISCOVERY_TIMEOUT)
-                 if u.exists and (u.enabled or u.active_state != "inactive"))
+    watched), each under its EL9 name or, where that is not used here, its Debian alias;
+    EL9's alternatives (named and named-chroot) are separate candidates, so whichever is
+    enabled or running is found. Raises SystemdUnavailable when systemd cannot be asked."""
+    groups = [(c, *ALIASES.get(c, ())) for c in candidates]
+    flat = [n for g in groups for n in g]
+    states = dict(zip(flat, env.systemd.show(flat, timeout=DISCOVERY_TIMEOUT)))
+    return pick(groups, states)
+
+
+def pick(groups: Sequence[Sequence[str]], states: dict[str, UnitState]) -> tuple[str, ...]:
+    """Of each group of names for one service, the one to watch: used (exists, and enabled
+    or not inactive), preferring the name systemd resolves to itself (Debian's ssh.service
+    has the alias sshd.service: "ssh" is what its administrator knows); a unit found under
+    two names is watched once."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for group in groups:
+        used = [st for st in (states[n] for n in group) if used_here(st) and st.id not in seen]
+        if used:
+            st = next((u for u in used if unit_name(u.name) == u.id), used[0])
+            out.append(st.name)
+            seen.add(st.id)
+    return tuple(out)
+
+
+def used_here(st: UnitState) -> bool:
+    return st.exists and (st.enabled or st.active_state != "inactive")
 
 
 def watched_units(env: Env) -> tuple[str, ...]:
@@ -61,22 +88,73 @@ class ServiceCheck(Check):
     def run(self, env: Env) -> Iterable[Result]:
         explicit = self.options.units is not None
         try:
-            units = self.options.units if explicit else discover(env)
-            states = env.systemd.show(list(dict.fromkeys(units or ())))
+            units = list(dict.fromkeys((self.options.units if explicit else discover(env)) or ()))
+            found = {t: env.systemd.instances(t) for t in units if t.endswith("@")}
+            names = [u for u in units if not u.endswith("@")] + [
+                i.removesuffix(".service") for t in found for i in found[t]]
+            states = dict(zip(names, env.systemd.show(names)))
+            inner = sorted({m for st in states.values() for m in st.wrapper_of} |
+                           {s for st in states.values() if st.active_state == "inactive"
+                            for s in st.sockets})
+            helpers = {m.id: m for m in env.systemd.show(inner)} if inner else {}
         except SystemdUnavailable as e:
             return [self.result(Status.UNKNOWN, "cannot read unit states: systemd is not "
                                 "running here", details=e.stderr_tail,
                                 remedy="run steward on a host booted with systemd, or set "
                                 "[checks.service] enabled = false")]
-        inner = sorted({m for st in states for m in st.wrapper_of})
-        members = {m.id: m for m in env.systemd.show(inner)} if inner else {}
         out = []
-        for st in states:
-            if not st.exists and self.options.missing == "skip":
-                continue
-            runs = [members[m] for m in st.wrapper_of if m in members]
-            out.append(self.judge_wrapper(st, runs) if runs else self.judge(st))
+        for name in units:
+            if name.endswith("@"):
+                used = [states[i.removesuffix(".service")] for i in found[name]]
+                used = [st for st in used if used_here(st)]
+                out += [self.judge_one(st, helpers) for st in used] or \
+                    self.no_instance(name)
+            elif states[name].exists or self.options.missing != "skip":
+                out.append(self.judge_one(states[name], helpers))
         return out
+
+    def judge_one(self, st: UnitState, helpers: dict[str, UnitState]) -> Result:
+        runs = [helpers[m] for m in st.wrapper_of if m in helpers]
+        if runs:
+            return self.judge_wrapper(st, runs)
+        sockets = [helpers[s] for s in st.sockets if s in helpers]
+        if st.active_state == "inactive" and sockets and st.load_state == "loaded":
+            return self.judge_socket(st, sockets)
+        return self.judge(st)
+
+    def no_instance(self, template: str) -> list[Result]:
+        if self.options.missing == "skip":
+            return []
+        bad = Status.CRIT if self.options.missing == "crit" else Status.WARN
+        unit = f"{template}.service"
+        return [self.result(bad, f"no instance of {unit} is running or enabled",
+                            target=template, remedy=f"systemctl enable --now {template}NAME; "
+                            f"see systemctl list-units --all '{template}*'")]
+
+    def judge_socket(self, u: UnitState, sockets: Sequence[UnitState]) -> Result:
+        """A socket-activated service (its .socket listens, systemd starts it on the first
+        connection): inactive is fine while a socket of it listens; the socket is what is
+        restarted when it failed."""
+        fixed = {"details": "\n".join(_describe(x) for x in (u, *sockets)),
+                 "metrics": (Metric("restarts", u.n_restarts, "c", min=0),)}
+        bad = [s for s in sockets if s.active_state != "active"]
+        if bad:
+            s = bad[0]
+            what = f"failed ({s.result})" if s.active_state == "failed" else \
+                f"{s.active_state} ({s.sub_state})"
+            remedy = f"journalctl -u {s.id} -b -n 50; then systemctl restart {s.id}" if \
+                s.active_state == "failed" else f"systemctl enable --now {s.id}"
+            return self.result(Status.CRIT, f"inactive and its socket {s.id} is {what}: "
+                               "nothing starts it", target=u.name, unit=s.id, remedy=remedy,
+                               **fixed)
+        s = sockets[0]
+        if not s.enabled:
+            return self.result(Status.WARN, f"started on demand by {s.id}, which is "
+                               f"{s.unit_file_state or 'not enabled'}: it will not listen "
+                               "after boot", target=u.name, unit=s.id,
+                               remedy=f"systemctl enable {s.id}", **fixed)
+        return self.result(Status.OK, f"inactive, started on demand by {s.id} "
+                           f"({s.sub_state})", target=u.name, unit=s.id, **fixed)
 
     def judge_wrapper(self, wrapper: UnitState, members: Sequence[UnitState]) -> Result:
         """A wrapper is as good as the worst unit it wraps; the result keeps the wrapper's

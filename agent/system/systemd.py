@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from agent.system.commands import CommandError, CommandRunner
 
 PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "Result", "NRestarts",
-              "UnitFileState", "Restart", "ConsistsOf")
+              "UnitFileState", "Restart", "ConsistsOf", "TriggeredBy")
 
 
 class SystemdUnavailable(CommandError):
@@ -28,6 +28,12 @@ class UnitState:
     unit_file_state: str  # enabled, disabled, static, masked, "" when not found...
     restart: str = ""  # the unit's Restart= setting: no, always, on-failure... ("" if none)
     consists_of: tuple[str, ...] = ()  # units that are PartOf= this one (postfix@-.service)
+    triggered_by: tuple[str, ...] = ()  # units that start it: its .socket, .timer, .path
+
+    @property
+    def sockets(self) -> tuple[str, ...]:
+        """The socket units that start this service on demand (socket activation)."""
+        return tuple(u for u in self.triggered_by if u.endswith(".socket"))
 
     @property
     def wrapper_of(self) -> tuple[str, ...]:
@@ -77,19 +83,31 @@ class Systemd:
         names = [unit_name(u) for u in units]
         argv = [*self._systemctl, "show", "--no-pager", "--property=" + ",".join(PROPERTIES),
                 "--", *names]
-        try:
-            out = self._runner.run(argv, timeout=timeout or self._timeout).stdout
-        except CommandError as e:
-            if _unavailable(e.stderr_tail):
-                raise SystemdUnavailable(e.argv, e.returncode, e.stderr_tail,
-                                         "systemd is not reachable") from None
-            raise
+        out = self._call(argv, timeout)
         blocks = [b for b in out.strip("\n").split("\n\n") if b.strip()]
         if len(blocks) != len(names):
             raise CommandError(argv, 0, out, f"expected {len(names)} unit blocks, "
                                              f"got {len(blocks)}")
         return [_parse(asked, block) for asked, block in zip(units, blocks)]
 
+    def _call(self, argv: Sequence[str], timeout: float | None) -> str:
+        try:
+            return self._runner.run(argv, timeout=timeout or self._timeout).stdout
+        except CommandError as e:
+            if _unavailable(e.stderr_tail):
+                raise SystemdUnavailable(e.argv, e.returncode, e.stderr_tail,
+                                         "systemd is not reachable") from None
+            raise
+
+    def instances(self, template: str, timeout: float | None = None) -> list[str]:
+        """The loaded instances of ``template`` (``openvpn-server@``): running, failed or
+        enabled and pulled in at boot, as systemd knows them; their unit names."""
+        pattern = f"{template}*.service"
+        argv = [*self._systemctl, "list-units", "--all", "--plain", "--no-legend",
+                "--no-pager", "--type=service", "--", pattern]
+        out = self._call(argv, timeout)
+        names = [line.split()[0] for line in out.splitlines() if line.strip()]
+        return [n for n in names if n.startswith(template) and n.endswith(".service")]
 
     def _job(self, verb: str, unit: str) -> str:
         """Queue a job without waiting for it (a slow start must not hold up steward's loop);
@@ -158,4 +176,5 @@ def _parse(asked: str, block: str) -> UnitState:
         unit_file_state=props.get("UnitFileState", ""),
         restart=props.get("Restart", ""),
         consists_of=tuple(props.get("ConsistsOf", "").split()),
+        triggered_by=tuple(props.get("TriggeredBy", "").split()),
     )
