@@ -33,7 +33,7 @@ from agent.env import Env
 from agent.model import Check, Metric, Result, Status
 from agent.ranges import Range, judge
 from checks.probe import is_local
-from checks.services import watched_units
+from checks.services import canonical, watched_units
 from checks.tlsinfo import (
     EXPIRY_CRIT,
     EXPIRY_WARN,
@@ -117,9 +117,10 @@ class HttpCheck(Check):
     def resolve(cls, options: HttpOptions, env: Env) -> HttpOptions:
         if options.urls is not None:
             return options
-        units = watched_units(env)
-        urls = ("http://localhost/",) if options.unit in units else ()
-        return dataclasses.replace(options, urls=urls)
+        # the unit watched for it, under its own name or a Debian alias (apache2 for httpd)
+        unit = next((u for u in watched_units(env) if canonical(u) == options.unit), "")
+        urls = ("http://localhost/",) if unit else ()
+        return dataclasses.replace(options, urls=urls, unit=unit or options.unit)
 
     @classmethod
     def instances(cls, options: HttpOptions, env: Env) -> Iterable[Check]:

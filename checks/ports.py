@@ -14,7 +14,7 @@ from agent.config.schema import RANGE, TEXT, CheckOptions, Parser, listing, numb
 from agent.env import Env
 from agent.model import Check, Metric, Result, Status
 from agent.ranges import Range, judge
-from checks.services import watched_units
+from checks.services import canonical, watched_units
 
 # Where each appliance service listens by default (checked on localhost).
 SERVICE_PORTS = {"sshd": (22,), "postfix": (25,), "named": (53,), "named-chroot": (53,),
@@ -69,7 +69,7 @@ class PortCheck(Check):
         units = watched_units(env)
         links: dict[str, str] = {}
         for unit in units:
-            for port in SERVICE_PORTS.get(unit, ()):
+            for port in SERVICE_PORTS.get(canonical(unit), ()):
                 links.setdefault(f"localhost:{port}", unit)
         return dataclasses.replace(options, targets=tuple(sorted(links, key=split_target)),
                                    units=MappingProxyType(links))

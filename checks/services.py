@@ -19,6 +19,7 @@ APPLIANCE_UNITS = ("postfix", "dovecot", "httpd", "named", "named-chroot", "open
                    "fail2ban")
 ALIASES = {"httpd": ("apache2",), "named": ("bind9",), "redis": ("redis-server",),
            "sshd": ("ssh",), "chronyd": ("chrony",), "crond": ("cron",)}
+_EL9_NAME = {alias: el9 for el9, aliases in ALIASES.items() for alias in aliases}
 
 
 @dataclass(frozen=True)
@@ -44,19 +45,24 @@ def discover(env: Env, candidates: Sequence[str] = APPLIANCE_UNITS) -> tuple[str
 
 
 def pick(groups: Sequence[Sequence[str]], states: dict[str, UnitState]) -> tuple[str, ...]:
-    """Of each group of names for one service, the one to watch: used (exists, and enabled
-    or not inactive), preferring the name systemd resolves to itself (Debian's ssh.service
-    has the alias sshd.service: "ssh" is what its administrator knows); a unit found under
-    two names is watched once."""
+    """Of each group of names for one service (EL9's first), the first one used here
+    (exists, and enabled or not inactive); a unit found under two names (Debian's
+    sshd.service is an alias of ssh.service) is watched once, under the first."""
     out: list[str] = []
     seen: set[str] = set()
     for group in groups:
-        used = [st for st in (states[n] for n in group) if used_here(st) and st.id not in seen]
-        if used:
-            st = next((u for u in used if unit_name(u.name) == u.id), used[0])
+        st = next((st for st in (states[n] for n in group)
+                   if used_here(st) and st.id not in seen), None)
+        if st is not None:
             out.append(st.name)
             seen.add(st.id)
     return tuple(out)
+
+
+def canonical(name: str) -> str:
+    """The EL9 name of a service watched under a Debian alias (``apache2`` -> ``httpd``),
+    so what is known about the service (its port, its URL) applies under either name."""
+    return _EL9_NAME.get(name, name)
 
 
 def used_here(st: UnitState) -> bool:

@@ -11,11 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import Config
+from agent.env import Env
 from agent.model import Result, Status
 from agent.system.listeners import port_owner, unit_of
 from agent.system.systemd import UnitState
+from checks.http import HttpCheck, HttpOptions
+from checks.ports import PortCheck, PortOptions
 from checks.probe import ProbeCheck
-from checks.services import ServiceCheck, ServiceOptions, pick
+from checks.services import ServiceCheck, ServiceOptions, canonical, pick
 
 
 def listener(family: int, host: str) -> socket.socket:
@@ -95,14 +99,17 @@ def test_discovery_prefers_el9_names_and_knows_debian_aliases():
         "bind9": unit("bind9", "named.service", active="inactive", sub="dead",
                       files="disabled"),
         "named-chroot": unit("named-chroot"),
-        "sshd": unit("sshd", "ssh.service"),  # Debian: sshd.service is an alias of ssh
+        "sshd": unit("sshd", "ssh.service"),  # Debian: sshd.service is an alias of ssh,
+        # watched once, under the EL9 name (the port check knows sshd's port by it)
         "ssh": unit("ssh"),
         "httpd": unit("httpd", load="not-found", active="inactive", sub="dead", files=""),
         "apache2": unit("apache2"),
         "chronyd": unit("chronyd"),
         "chrony": unit("chrony", "chronyd.service"),
     }
-    assert pick(groups, states) == ("named-chroot", "ssh", "apache2", "chronyd")
+    assert pick(groups, states) == ("named-chroot", "sshd", "apache2", "chronyd")
+    assert [canonical(n) for n in ("apache2", "ssh", "bind9", "postfix")] == [
+        "httpd", "sshd", "named", "postfix"]
 
 
 def judge(st, *helpers):
@@ -133,3 +140,13 @@ def test_a_template_without_instances_is_reported_by_missing():
     assert ServiceCheck(ServiceOptions(missing="warn")).no_instance(
         "worker@")[0].status is Status.WARN
     assert ServiceCheck(ServiceOptions(missing="skip")).no_instance("worker@") == []
+
+
+def test_a_service_discovered_under_its_debian_name_keeps_its_port_and_url():
+    env = Env(Config("<test>", checks={"service": ServiceOptions(units=("apache2", "sshd"))}))
+    ports = PortCheck.resolve(PortOptions(), env)
+    assert dict(ports.units or {}) == {"localhost:22": "sshd", "localhost:80": "apache2"}
+    http = HttpCheck.resolve(HttpOptions(), env)
+    assert (http.urls, http.unit) == (("http://localhost/",), "apache2")
+    none = HttpCheck.resolve(HttpOptions(), Env(Config("<test>")))
+    assert (none.urls, none.unit) == ((), "httpd")
