@@ -92,6 +92,13 @@ class MailDnsOptions(CheckOptions):
         "if it exists")
     dnsbl: tuple[str, ...] = option((), listing(DOMAIN), "DNS blocklist zones to look the "
                                     "sending IPs up in")
+    mta_sts_ca: str | None = option(None, TEXT, "CA bundle to verify the MTA-STS policy host "
+                                    "with; unset: the system's trust store")
+    mta_sts_port: int = option(443, number(1, 65535, integer=True),
+                               "port of the MTA-STS policy host (443 per RFC 8461; another "
+                               "only to test against a server of your own)")
+    https_timeout: float = option(10.0, number(0.1, 600), "seconds for fetching the "
+                                  "MTA-STS policy")
     query_timeout: float = option(3.0, number(0.1, 60), "seconds for one DNS query")
     timeout: float = option(30.0, number(0.1, 3600), "seconds before the check is UNKNOWN")
     interval: float = option(3600.0, number(1, 86400), "seconds between runs under steward "
@@ -115,6 +122,7 @@ class MailDnsCheck(Check):
         o = self.options
         import dns.exception  # loaded with the first domain to check, not with steward
 
+        from checks.maildns.mtasts import mta_sts_rule, tlsrpt_rule
         from checks.maildns.records import Ctx, dnsbl_rule, mx_rule, ptr_rule
         from checks.maildns.rules import dkim_rule, dmarc_rule, spf_rule
 
@@ -129,6 +137,9 @@ class MailDnsCheck(Check):
             "mx": lambda: mx_rule(ctx),
             "spf": lambda: spf_rule(ctx, o.sending_ips),
             "dmarc": lambda: [dmarc_rule(ctx)],
+            "mta-sts": partial(_one, mta_sts_rule, ctx, o.mta_sts_port, o.https_timeout,
+                               o.mta_sts_ca),
+            "tls-rpt": partial(_one, tlsrpt_rule, ctx),
         }
         keys, trouble = self.dkim_keys(env)
         for sel in self.selectors(keys):

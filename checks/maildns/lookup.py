@@ -58,6 +58,26 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _cname_loop(error: Exception) -> str:
+    """"a -> b -> a" when a server failure came with a CNAME chain that loops, else ""."""
+    import dns.rdatatype
+
+    for item in (getattr(error, "kwargs", None) or {}).get("errors", ())[:8]:
+        reply = item[-1] if isinstance(item, tuple) and item else None
+        chain: dict[str, str] = {}
+        for rrset in getattr(reply, "answer", ())[:64]:
+            if rrset.rdtype == dns.rdatatype.CNAME and len(rrset):
+                chain[rrset.name.to_text()] = rrset[0].target.to_text()
+        for start, first in chain.items():
+            seen, at = [start], first
+            while at in chain and at not in seen and len(seen) < 16:
+                seen.append(at)
+                at = chain[at]
+            if at in seen:
+                return " -> ".join(n.rstrip(".") for n in [*seen, at])
+    return ""
+
+
 def _txt(rdata: object) -> str:
     # A TXT record may be split into several strings; SPF/DMARC/DKIM read them concatenated.
     strings = getattr(rdata, "strings", ())
@@ -126,7 +146,10 @@ class Lookup:
                                           search=False)
         except dns.resolver.NXDOMAIN:
             return Answer("nxdomain")
-        except dns.resolver.NoNameservers:
+        except dns.resolver.NoNameservers as e:
+            loop = _cname_loop(e)
+            if loop:
+                return Answer("error", error=f"CNAME loop at {name}: {loop}")
             # dnspython's message lists every server's reply: too long for a summary line
             return Answer("error", error=f"no resolver answered {name} {rdtype} "
                           "(refused, server failure or unreachable)")
