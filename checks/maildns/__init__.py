@@ -97,8 +97,14 @@ class MailDnsOptions(CheckOptions):
     mta_sts_port: int = option(443, number(1, 65535, integer=True),
                                "port of the MTA-STS policy host (443 per RFC 8461; another "
                                "only to test against a server of your own)")
-    https_timeout: float = option(10.0, number(0.1, 600), "seconds for fetching the "
-                                  "MTA-STS policy")
+    dane_port: int = option(25, number(1, 65535, integer=True),
+                            "SMTP port of the MX hosts for the DANE check (25 per RFC 7672; "
+                            "another only to test against a server of your own)")
+    dane_next_certs: Mapping[str, str] | None = option(
+        None, table(DOMAIN, TEXT), "MX host = staged renewed certificate (PEM): its key is "
+        "matched against the TLSA records too")
+    tls_timeout: float = option(10.0, number(0.1, 600), "seconds for fetching the "
+                                "MTA-STS policy, and for each STARTTLS handshake (DANE)")
     query_timeout: float = option(3.0, number(0.1, 60), "seconds for one DNS query")
     timeout: float = option(30.0, number(0.1, 3600), "seconds before the check is UNKNOWN")
     interval: float = option(3600.0, number(1, 86400), "seconds between runs under steward "
@@ -122,6 +128,7 @@ class MailDnsCheck(Check):
         o = self.options
         import dns.exception  # loaded with the first domain to check, not with steward
 
+        from checks.maildns.dane import dane_rules
         from checks.maildns.mtasts import mta_sts_rule, tlsrpt_rule
         from checks.maildns.records import Ctx, dnsbl_rule, mx_rule, ptr_rule
         from checks.maildns.rules import dkim_rule, dmarc_rule, spf_rule
@@ -137,8 +144,10 @@ class MailDnsCheck(Check):
             "mx": lambda: mx_rule(ctx),
             "spf": lambda: spf_rule(ctx, o.sending_ips),
             "dmarc": lambda: [dmarc_rule(ctx)],
-            "mta-sts": partial(_one, mta_sts_rule, ctx, o.mta_sts_port, o.https_timeout,
+            "mta-sts": partial(_one, mta_sts_rule, ctx, o.mta_sts_port, o.tls_timeout,
                                o.mta_sts_ca),
+            "dane": partial(dane_rules, ctx, o.dane_port, o.tls_timeout,
+                            o.dane_next_certs or MappingProxyType({})),
             "tls-rpt": partial(_one, tlsrpt_rule, ctx),
         }
         keys, trouble = self.dkim_keys(env)
