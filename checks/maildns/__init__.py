@@ -103,6 +103,8 @@ class MailDnsOptions(CheckOptions):
     dane_next_certs: Mapping[str, str] | None = option(
         None, table(DOMAIN, TEXT), "MX host = staged renewed certificate (PEM): its key is "
         "matched against the TLSA records too")
+    dnssec_expiry_warn: float = option(7.0, number(0, 365), "days: a DNSSEC signature of the "
+                                       "zone expiring sooner is a WARN")
     tls_timeout: float = option(10.0, number(0.1, 600), "seconds for fetching the "
                                 "MTA-STS policy, and for each STARTTLS handshake (DANE)")
     query_timeout: float = option(3.0, number(0.1, 60), "seconds for one DNS query")
@@ -129,6 +131,7 @@ class MailDnsCheck(Check):
         import dns.exception  # loaded with the first domain to check, not with steward
 
         from checks.maildns.dane import dane_rules
+        from checks.maildns.dnssec import dnssec_rule
         from checks.maildns.mtasts import mta_sts_rule, tlsrpt_rule
         from checks.maildns.records import Ctx, dnsbl_rule, mx_rule, ptr_rule
         from checks.maildns.rules import dkim_rule, dmarc_rule, spf_rule
@@ -149,6 +152,7 @@ class MailDnsCheck(Check):
             "dane": partial(dane_rules, ctx, o.dane_port, o.tls_timeout,
                             o.dane_next_certs or MappingProxyType({})),
             "tls-rpt": partial(_one, tlsrpt_rule, ctx),
+            "dnssec": partial(_one, dnssec_rule, ctx, o.dnssec_expiry_warn),
         }
         keys, trouble = self.dkim_keys(env)
         for sel in self.selectors(keys):

@@ -173,6 +173,7 @@ def _host(ctx: Ctx, host: str, texts: list[str], *, port: int, timeout: float,
     if not addresses:
         return ctx.result(rule, Status.CRIT, f"{host} has no address to check TLSA against",
                           details, remedy=f"publish {host}. A <address>")
+    details.append(_validated(ctx, name))
     records = [f"{u} {s} {m} {h}" for u, s, m, h in usable]
     line, output = _handshake(addresses[0], port, host, records, timeout)
     if not line:
@@ -204,6 +205,18 @@ def _host(ctx: Ctx, host: str, texts: list[str], *, port: int, timeout: float,
     worst = max((s for s, _, _ in problems), key=lambda s: s.severity)
     return ctx.result(rule, worst, f"{host}: " + "; ".join(p for _, p, _ in problems), details,
                       remedy="; ".join(dict.fromkeys(r for _, _, r in problems)))
+
+
+def _validated(ctx: Ctx, name: str) -> str:
+    import dns.flags
+
+    from checks.maildns.dnssec import ask
+
+    reply = ask(ctx, name, "TLSA")
+    if reply is not None and reply.flags & dns.flags.AD:
+        return f"{name}: DNSSEC-validated (AD bit)"
+    return (f"{name}: not DNSSEC-validated by the resolver (no AD bit): DANE senders use "
+            "TLSA records only when they validate (see the dnssec result)")
 
 
 def _leaf_hint(output: str) -> str:

@@ -88,6 +88,7 @@ def test_dane_ee_and_ta_matching_the_served_chain_are_ok(bed):
     assert r.status is Status.OK and r.summary == "DANE: mail.ok.dane.test matches TLSA 3 1 1"
     assert "matched TLSA 3 1 1: EE certificate at depth 0" in r.details
     assert "no staged certificate given (dane_next_certs)" in r.details
+    assert "not DNSSEC-validated by the resolver (no AD bit)" in r.details
     r = run(bed, "ta")["dane:mail.ta.dane.test"]
     assert r.status is Status.OK and "matches TLSA 2 0 1" in r.summary, r
     assert "TA certificate at depth 1" in r.details
