@@ -1,0 +1,176 @@
+"""The milter check against a real OpenDKIM (Debian's) on a loopback port, a dead unix socket,
+and a TCP server that is no milter, with the chain read by the real postconf from a throwaway
+Postfix configuration directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from agent.config import Config
+from agent.env import Env
+from agent.model import Status
+from checks.milters import MilterCheck, MilterOptions, parse_milters
+from tests.netutil import free_port
+
+OPENDKIM = shutil.which("opendkim", path="/usr/sbin:/usr/bin")
+pytestmark = pytest.mark.skipif(
+    OPENDKIM is None or shutil.which("postconf", path="/usr/sbin:/usr/bin") is None,
+    reason="needs opendkim, opendkim-tools and postfix (apt-get install opendkim "
+    "opendkim-tools postfix)")
+
+
+@pytest.fixture(scope="module")
+def opendkim(tmp_path_factory):
+    d = tmp_path_factory.mktemp("opendkim")
+    subprocess.run(["opendkim-genkey", "-b", "1024", "-d", "example.test", "-s", "s1",
+                    "-D", str(d)], check=True, capture_output=True, timeout=60)
+    (d / "KeyTable").write_text(f"s1._domainkey.example.test example.test:s1:{d}/s1.private\n")
+    (d / "SigningTable").write_text("*@example.test s1._domainkey.example.test\n")
+    port = free_port()
+    (d / "opendkim.conf").write_text(f"""Syslog no
+Mode sv
+Socket inet:{port}@127.0.0.1
+PidFile {d}/opendkim.pid
+KeyTable {d}/KeyTable
+SigningTable refile:{d}/SigningTable
+Background no
+""")
+    proc = subprocess.Popen([OPENDKIM, "-f", "-x", str(d / "opendkim.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("opendkim did not start: "
+                                       + proc.stderr.read().decode(errors="replace")) from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.kill()  # it lingers 5 s on SIGTERM; it holds nothing worth a clean stop
+        proc.wait(timeout=10)
+        proc.stderr.close()
+
+
+@pytest.fixture
+def not_a_milter():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            c.sendall(b"220 this is SMTP, not a milter\r\n" * 4)
+            c.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield srv.getsockname()[1]
+    srv.close()
+
+
+def postfix_dir(tmp_path, smtpd: str, non_smtpd: str = "$smtpd_milters",
+                default: str = "accept"):
+    d = tmp_path / "postfix"
+    (d / "queue").mkdir(parents=True)
+    (d / "master.cf").write_text("")  # postconf warns (and sleeps a second) without it
+    (d / "main.cf").write_text(f"queue_directory = {d}/queue\nsmtpd_milters = {smtpd}\n"
+                               f"non_smtpd_milters = {non_smtpd}\n"
+                               f"milter_default_action = {default}\ncompatibility_level = 3.6\n")
+    # Postfix waits ~2 s before reading a main.cf modified this very second
+    past = time.time() - 10
+    os.utime(d / "main.cf", (past, past))
+    return str(d)
+
+
+def run(config_dir: str) -> dict:
+    options = MilterOptions(postfix_config_dir=config_dir, connect_timeout=2.0)
+    [check] = MilterCheck.instances(options, Env(Config("<test>")))
+    return {r.check: r for r in check.run(Env(Config("<test>")))}
+
+
+def test_parse_milters():
+    got = parse_milters("inet:127.0.0.1:8891, { unix:/run/x.sock, default_action=tempfail } "
+                        "local:/y", "accept", "smtpd_milters")
+    assert [(m.spec, m.default_action) for m in got] == [
+        ("inet:127.0.0.1:8891", "accept"), ("unix:/run/x.sock", "tempfail"), ("local:/y", "accept")]
+
+
+def test_opendkim_negotiates_and_accept_on_a_signer_warns(tmp_path, opendkim):
+    spec = f"inet:127.0.0.1:{opendkim}"
+    r = run(postfix_dir(tmp_path, spec))
+    assert set(r) == {f"milter:smtpd_milters:{spec}", f"milter:non_smtpd_milters:{spec}"}
+    one = r[f"milter:smtpd_milters:{spec}"]
+    assert one.status is Status.WARN and "adds headers" in one.summary, one
+    assert "negotiated: version 6" in one.details
+    assert "milter_default_action=tempfail" in one.remedy
+
+
+def test_signer_with_tempfail_is_ok(tmp_path, opendkim):
+    spec = f"inet:127.0.0.1:{opendkim}"
+    r = run(postfix_dir(tmp_path, f"{{ {spec}, default_action=tempfail }}", non_smtpd="",
+                        default="accept"))
+    [one] = r.values()
+    assert one.status is Status.OK and "answers (milter protocol version 6)" in one.summary
+
+
+def test_dead_socket_and_a_non_milter_are_critical(tmp_path, not_a_milter):
+    dead = tmp_path / "dead.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(dead))
+    s.close()  # the socket file stays, nobody listens: connection refused
+    specs = [f"unix:{dead}", f"inet:127.0.0.1:{not_a_milter}", "inet:127.0.0.1:1",
+             "tcp:nonsense"]
+    r = run(postfix_dir(tmp_path, ", ".join(specs), non_smtpd=""))
+    got = {k.split(":", 2)[2]: v for k, v in r.items()}
+    assert all(v.status is Status.CRIT for v in got.values()), got
+    assert "Connection refused" in got[specs[0]].summary
+    assert "is not an option negotiation" in got[specs[1]].summary
+    assert "not inet:host:port or unix:/path" in got[specs[3]].summary
+    assert "systemctl restart opendkim" in got[specs[0]].remedy
+
+
+def test_chrooted_unix_socket_is_found_in_the_queue_directory(tmp_path, opendkim):
+    d = postfix_dir(tmp_path, "unix:/opendkim/opendkim.sock", non_smtpd="")
+    sock_dir = tmp_path / "postfix" / "queue" / "opendkim"
+    sock_dir.mkdir()
+    # relay the chroot socket to the running opendkim, as a real socket file would be
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(sock_dir / "opendkim.sock"))
+    srv.listen(1)
+
+    def relay():
+        c, _ = srv.accept()
+        up = socket.create_connection(("127.0.0.1", opendkim))
+        c.settimeout(5)
+        up.settimeout(5)
+        try:
+            up.sendall(c.recv(4096))
+            c.sendall(up.recv(4096))
+        finally:
+            c.close()
+            up.close()
+
+    t = threading.Thread(target=relay, daemon=True)
+    t.start()
+    [one] = run(d).values()
+    srv.close()
+    assert one.status is Status.WARN and "adds headers" in one.summary, one
+
+
+def test_no_milters_is_said(tmp_path):
+    [one] = run(postfix_dir(tmp_path, "", non_smtpd="")).values()
+    assert one.status is Status.OK and one.summary == "no milters configured in Postfix"
