@@ -155,6 +155,37 @@ def private_key_numbers(pem: str) -> tuple[int, int]:
     return body.integer(), body.integer()
 
 
+ED25519_OID = bytes.fromhex("2b6570")  # 1.3.101.112
+
+
+def ed25519_public(pem: str, timeout: float = 10.0) -> bytes:
+    """The raw 32-byte public key (what DKIM's k=ed25519 p= carries, RFC 8463) of an
+    unencrypted PKCS#8 Ed25519 private key; derived by openssl (the curve arithmetic is not
+    reimplemented here). ValueError says why not."""
+    import subprocess
+
+    m = re.search(r"-----BEGIN PRIVATE KEY-----(.*?)-----END PRIVATE KEY-----", pem, re.S)
+    if not m:
+        raise ValueError("no PKCS#8 PEM block")
+    try:
+        der = base64.b64decode(re.sub(r"\s+", "", m.group(1)), validate=True)
+        p8 = _Der(_Der(der).read(0x30))
+        p8.integer()
+        if _Der(p8.read(0x30)).read(0x06) != ED25519_OID:
+            raise ValueError("not an Ed25519 key")
+    except (binascii.Error, IndexError):
+        raise ValueError("the PEM body is not a PKCS#8 key") from None
+    try:
+        out = subprocess.run(["openssl", "pkey", "-pubout", "-outform", "DER"],
+                             input=pem.encode(), capture_output=True, timeout=timeout,
+                             check=True).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ValueError(f"openssl pkey could not derive the public key: {e}") from None
+    if len(out) != 44:  # SEQ{SEQ{OID}, BIT STRING(0 + 32 bytes)}
+        raise ValueError("openssl returned no Ed25519 public key")
+    return out[-32:]
+
+
 def read_keytable(path: Path) -> dict[str, tuple[str, str, str]]:
     """OpenDKIM KeyTable: key name -> (domain, selector, private key path)."""
     out: dict[str, tuple[str, str, str]] = {}

@@ -3,6 +3,7 @@ policy, report authorization) and DKIM (each selector's key against the local on
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 from agent.model import Metric, Result, Status, worst
@@ -175,12 +176,21 @@ def dkim_rule(ctx: Ctx, selector: str, keyfile: str | None) -> Result:
     name = f"{selector}._domainkey.{d}"
     ans = ctx.lookup.txt(name)
     local, local_error = None, ""
+    local_ed: bytes | None = None
     if keyfile:
         try:
-            local = dkim.private_key_numbers(Path(keyfile).read_text(errors="replace"))
+            pem = Path(keyfile).read_text(errors="replace")[:65536]
+            try:
+                local = dkim.private_key_numbers(pem)
+            except ValueError as e:
+                if "not an RSA key" not in str(e):
+                    raise
+                local_ed = dkim.ed25519_public(pem)  # RFC 8463 keys are PKCS#8 too
         except (OSError, ValueError) as e:
             local_error = f"cannot read the private key {keyfile}: {e}"
     publish = (dkim.publishable(selector, d, local) if local else
+               f'{name}. TXT "v=DKIM1; k=ed25519; p={base64.b64encode(local_ed).decode()}"'
+               if local_ed else
                f'{name}. TXT "v=DKIM1; k=rsa; p=<base64 public key>" (opendkim-genkey '
                f"-b 2048 -s {selector} -d {d} writes it)")
     if ans.kind == "error":
@@ -213,6 +223,11 @@ def dkim_rule(ctx: Ctx, selector: str, keyfile: str | None) -> Result:
                          f"-d {d}"))
     if local_error:
         problems.append((Status.UNKNOWN, local_error, f"make {keyfile} readable to steward"))
+    elif local_ed is not None and (record.key_type != "ed25519" or record.key != local_ed):
+        problems.append((Status.CRIT, f"published key does not match the Ed25519 private key "
+                         f"{keyfile}: receivers reject every signature", f"publish {publish}"))
+    elif local_ed is not None:
+        details.append(f"matches the Ed25519 private key {keyfile}")
     elif local and record.rsa and record.rsa != local:
         problems.append((Status.CRIT, f"published key does not match the private key "
                          f"{keyfile}: receivers reject every signature", f"publish {publish}"))

@@ -29,6 +29,16 @@ def _key(directory: Path, name: str, bits: int) -> tuple[Path, str]:
     return path, base64.b64encode(der).decode()
 
 
+def _ed_key(directory: Path, name: str) -> tuple[Path, str]:
+    """A fresh Ed25519 private key (PKCS#8) and the raw base64 public key RFC 8463 publishes."""
+    path = directory / f"{name}.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(path)],
+                   check=True, capture_output=True, timeout=60)
+    der = subprocess.run(["openssl", "pkey", "-in", str(path), "-pubout", "-outform", "DER"],
+                         check=True, capture_output=True, timeout=30).stdout
+    return path, base64.b64encode(der[-32:]).decode()
+
+
 def _zones(pub: dict[str, str]) -> dict[str, str]:
     lookups_children = "".join(
         f'l{i} A 192.0.2.1\nl{i} MX 10 mail.good.test.\nl{i} TXT "v=spf1 a mx -all"\n'
@@ -47,6 +57,8 @@ s1024._domainkey TXT {txt("v=DKIM1; k=rsa; p=" + pub["k1024"])}
 s512._domainkey TXT {txt("v=DKIM1; k=rsa; p=" + pub["k512"])}
 mismatch._domainkey TXT {txt("v=DKIM1; k=rsa; p=" + pub["other"])}
 revoked._domainkey TXT "v=DKIM1; k=rsa; p="
+ed._domainkey TXT "v=DKIM1; k=ed25519; p={pub['ed']}"
+edwrong._domainkey TXT "v=DKIM1; k=ed25519; p={pub['ed_other']}"
 garbage._domainkey TXT "v=DKIM1; k=rsa; p=!!!notbase64"
 """),
         "bad.test": zone_text("bad.test", f"""
@@ -88,6 +100,8 @@ def bed(tmp_path_factory):
     keys, pub = {}, {}
     for name, bits in (("k2048", 2048), ("k1024", 1024), ("k512", 512), ("other", 2048)):
         keys[name], pub[name] = _key(d, name, bits)
+    for name in ("ed", "ed_other"):
+        keys[name], pub[name] = _ed_key(d, name)
     with bind_server(_zones(pub), d / "bind") as (host, port):
         yield {"resolver": f"{host}:{port}", "keys": keys, "dir": d}
 
@@ -279,6 +293,17 @@ def test_dkim_key_matching_the_local_2048_bit_key_is_ok(bed):
     r = run(bed, "good.test", dkim_selectors=("s2048",), dkim_keys=keys)["dkim:s2048"]
     assert r.status is Status.OK, r.details
     assert "2048 bits" in r.summary and "matches the private key" in r.details
+
+
+def test_ed25519_keys_are_matched_like_rsa_ones(bed):
+    keys = {"ed._domainkey.good.test": str(bed["keys"]["ed"]),
+            "edwrong._domainkey.good.test": str(bed["keys"]["ed"])}
+    r = run(bed, "good.test", dkim_selectors=("ed", "edwrong"), dkim_keys=keys)
+    assert r["dkim:ed"].status is Status.OK, r["dkim:ed"].details
+    assert "matches the Ed25519 private key" in r["dkim:ed"].details
+    bad = r["dkim:edwrong"]
+    assert bad.status is Status.CRIT and "does not match the Ed25519 private key" in bad.summary
+    assert "k=ed25519; p=" in bad.remedy and bed["keys"]["ed"].name not in bad.remedy
 
 
 @pytest.mark.parametrize(("selector", "key", "status", "words"), [
