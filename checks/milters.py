@@ -2,7 +2,7 @@
 ``postconf -h``) answers the milter protocol's option negotiation (SMFIC_OPTNEG), not only a
 TCP connect; a milter that adds headers (a DKIM signer, rspamd) behind
 ``milter_default_action = accept`` lets mail through unsigned when it fails. OpenDKIM's
-KeyTable/SigningTable consistency lives in checks/opendkim.py."""
+KeyTable/SigningTable consistency (checks/opendkim.py) is reported here too."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ MAX_REPLY = 65536
 class MilterOptions(CheckOptions):
     postfix_config_dir: str | None = option(None, TEXT, "Postfix configuration directory "
                                             "(postconf -c); unset: Postfix's default")
+    opendkim_conf: str | None = option(None, TEXT, "OpenDKIM's configuration, whose KeyTable "
+                                       "and SigningTable are cross-checked; unset: "
+                                       "/etc/opendkim.conf if it exists")
     connect_timeout: float = option(5.0, number(0.1, 120), "seconds for one milter's answer")
     timeout: float = option(30.0, number(0.1, 3600), "seconds before the check is UNKNOWN")
 
@@ -141,10 +144,11 @@ class MilterCheck(Check):
         smtpd, non_smtpd, default, queue = (_expand(values[n], values) for n in names)
         milters = parse_milters(smtpd, default, "smtpd_milters") + \
             parse_milters(non_smtpd, default, "non_smtpd_milters")
+        results = self._opendkim(env)
         if not milters:
-            return [self.result(Status.OK, "no milters configured in Postfix",
-                                details="smtpd_milters and non_smtpd_milters are empty")]
-        results = []
+            return [*results, self.result(Status.OK, "no milters configured in Postfix",
+                                          details="smtpd_milters and non_smtpd_milters are "
+                                          "empty")]
         seen: dict[str, Any] = {}
         for m in milters:
             if m.spec not in seen:
@@ -155,6 +159,15 @@ class MilterCheck(Check):
                     seen[m.spec] = e
             results.append(self._judge(m, seen[m.spec]))
         return results
+
+    def _opendkim(self, env: Env) -> list[Result]:
+        from checks.opendkim import opendkim_results
+
+        conf = self.options.opendkim_conf
+        path = env.sysroot / (conf or "/etc/opendkim.conf").lstrip("/")
+        if conf is None and not path.exists():
+            return []
+        return opendkim_results(self, path, env.sysroot)
 
     def _postconf(self, env: Env, names: list[str]) -> list[str]:
         o = self.options

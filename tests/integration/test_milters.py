@@ -85,7 +85,7 @@ def not_a_milter():
 def postfix_dir(tmp_path, smtpd: str, non_smtpd: str = "$smtpd_milters",
                 default: str = "accept"):
     d = tmp_path / "postfix"
-    (d / "queue").mkdir(parents=True)
+    (d / "queue").mkdir(parents=True, exist_ok=True)
     (d / "master.cf").write_text("")  # postconf warns (and sleeps a second) without it
     (d / "main.cf").write_text(f"queue_directory = {d}/queue\nsmtpd_milters = {smtpd}\n"
                                f"non_smtpd_milters = {non_smtpd}\n"
@@ -174,3 +174,50 @@ def test_chrooted_unix_socket_is_found_in_the_queue_directory(tmp_path, opendkim
 def test_no_milters_is_said(tmp_path):
     [one] = run(postfix_dir(tmp_path, "", non_smtpd="")).values()
     assert one.status is Status.OK and one.summary == "no milters configured in Postfix"
+
+
+def _tables(tmp_path, signing: str, kind: str = "refile", mode: int = 0o600):
+    d = tmp_path / "dkim"
+    d.mkdir()
+    for sel in ("s1", "s2"):
+        (d / f"{sel}.private").write_text("not read: only its mode and existence count\n")
+        os.chmod(d / f"{sel}.private", mode)
+    (d / "KeyTable").write_text(f"k1 example.test:s1:{d}/s1.private\n"
+                                f"k2 other.test:s2:{d}/s2.private\n"
+                                f"gone example.test:s3:{d}/missing.private\n")
+    (d / "SigningTable").write_text(signing)
+    (d / "opendkim.conf").write_text(f"KeyTable {d}/KeyTable\n"
+                                     f"SigningTable {kind}:{d}/SigningTable\n")
+    return str(d / "opendkim.conf")
+
+
+def dkim_result(tmp_path, conf):
+    options = MilterOptions(postfix_config_dir=postfix_dir(tmp_path, "", non_smtpd=""),
+                            opendkim_conf=conf)
+    [check] = MilterCheck.instances(options, Env(Config("<test>")))
+    return {r.check: r for r in check.run(Env(Config("<test>")))}["milter:opendkim"]
+
+
+def test_opendkim_tables_consistent_with_wildcards(tmp_path):
+    conf = _tables(tmp_path, "*@example.test k1\n*@*.other.test k2\nx@other.test k2\n")
+    r = dkim_result(tmp_path, conf)
+    # the KeyTable's "gone" entry points at a missing file
+    assert r.status is Status.CRIT and "missing.private: No such file" in r.summary
+    (tmp_path / "dkim" / "KeyTable").write_text(
+        f"k1 example.test:s1:{tmp_path}/dkim/s1.private\n"
+        f"k2 other.test:s2:{tmp_path}/dkim/s2.private\n")
+    r = dkim_result(tmp_path, conf)
+    assert r.status is Status.OK, r
+    assert r.summary == "OpenDKIM tables consistent: 3 rule(s), keys for example.test, other.test"
+
+
+def test_opendkim_tables_broken(tmp_path):
+    conf = _tables(tmp_path, "*@example.test k1\nx@other.test nokey\n", kind="file",
+                   mode=0o644)
+    r = dkim_result(tmp_path, conf)
+    assert r.status is Status.CRIT
+    details = r.details
+    assert "rule x@other.test names key nokey, which the KeyTable does not have" in details
+    assert "has a wildcard but the table is file:" in details and "refile:" in details
+    assert "s1.private is mode 0644: readable beyond its owner" in details
+    assert "systemctl restart opendkim" in r.remedy
