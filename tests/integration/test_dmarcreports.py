@@ -109,7 +109,8 @@ def test_hostile_reports_are_refused_and_the_rest_still_counted(maildir):
     hostile = {
         "laughs.eml": mail("laughs.xml", LAUGHS, "text/xml"),
         "xxe.eml": mail("xxe.xml", XXE, "text/xml"),
-        "zipbomb.eml": mail("bomb.zip", zipped("r.xml", b"<" + b"a" * 50_000_000), "application/zip"),
+        "zipbomb.eml": mail("bomb.zip", zipped("r.xml", b"<" + b"a" * 50_000_000),
+                            "application/zip"),
         "gzbomb.eml": mail("bomb.xml.gz", gzip.compress(b" " * 50_000_000), "application/gzip"),
         "schema.eml": mail("page.xml", b"<html><body>hello</body></html>", "text/xml"),
         "broken.eml": mail("broken.xml", b"<feedback><record>", "text/xml"),
