@@ -233,6 +233,8 @@ def cmd_notify(args: argparse.Namespace) -> int:
     StateDir(env.state_dir).ensure()
     if args.notify_command == "test":
         return commands.cmd_test(env.config, env.state_dir, socket.gethostname())
+    if args.notify_command == "outbox":
+        return commands.cmd_outbox(env.config, env.state_dir, args.format)
     return commands.cmd_flush(env.config, env.state_dir)
 
 
@@ -265,9 +267,11 @@ HANDLERS = {
     "check": cmd_check,
     "config": cmd_config,
     "run": cmd_run,
-    "status": lambda a: daemon_cli.cmd_status(StateDir(_state_dir(a)), a.json),
+    "status": lambda a: daemon_cli.cmd_status(StateDir(_state_dir(a)),
+                                                 a.format == "json"),
     "maintenance": lambda a: daemon_cli.cmd_maintenance(StateDir(_state_dir(a)), a.mode,
-                                                         a.units, getattr(a, "duration", "")),
+                                                         a.units, getattr(a, "duration", ""),
+                                                         a.format),
     "reset": lambda a: daemon_cli.cmd_reset(StateDir(_state_dir(a)), a.unit),
     "notify": cmd_notify,
     "backup": cmd_backup,

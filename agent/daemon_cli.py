@@ -42,7 +42,11 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
                        "when, restarts spent per unit, inhibited and escalated checks, "
                        "maintenance. Exit 0 if the daemon runs, 3 if it does not.")
     common(s)
-    s.add_argument("--json", action="store_true", help="print JSON instead of text")
+    s.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text for people (default), json for scripts (the same as --json; "
+                   "schema: agent/output/status.schema.json)")
+    s.add_argument("--json", dest="format", action="store_const", const="json",
+                   help=argparse.SUPPRESS)
     m = sub.add_parser("maintenance", help="suppress actions and alerts for a while",
                        description="Maintenance mode: while on, steward neither restarts nor "
                        "alerts, for the whole machine or for the units named.")
@@ -53,6 +57,9 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     off = modes.add_parser("off", help="end maintenance", description="End maintenance.")
     for p in (on, off):
         common(p)
+        p.add_argument("--format", choices=("text", "json"), default="text",
+                       help="json: print the maintenance now in force (as in steward status "
+                       "--format json)")
         p.add_argument("units", nargs="*", metavar="UNIT",
                        help="only these units (default: the whole machine)")
     on.add_argument("--for", dest="duration", default=DEFAULT_MAINTENANCE, metavar="DURATION",
@@ -66,8 +73,13 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     common(n)
     acts = n.add_subparsers(dest="notify_command", metavar="test|flush")
     acts.required = True
-    for name, text in (("test", "send a test mail now"), ("flush", "deliver the queue now")):
-        common(acts.add_parser(name, help=text, description=text[0].upper() + text[1:] + "."))
+    for name, text in (("test", "send a test mail now"), ("flush", "deliver the queue now"),
+                       ("outbox", "list the recipients and the mail waiting in the outbox")):
+        q = acts.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        common(q)
+        if name == "outbox":
+            q.add_argument("--format", choices=("text", "json"), default="text",
+                           help="json for scripts (schema: agent/output/outbox.schema.json)")
     t = sub.add_parser("reset", help="forget a unit's restarts and escalation",
                        description="Clear a unit's restart budget and escalation, so steward "
                        "restarts it again when it fails (after you fixed the cause).")
@@ -88,6 +100,7 @@ def _alive(pid: int) -> bool:
 
 
 def cmd_status(state: StateDir, as_json: bool) -> int:
+    """``as_json``: the document of agent/output/status.schema.json."""
     status = state.read_status()
     running = bool(status) and _alive(int(status.get("pid", 0)))  # type: ignore[union-attr]
     if as_json:
@@ -121,7 +134,8 @@ def cmd_status(state: StateDir, as_json: bool) -> int:
     return 0 if running else 3
 
 
-def cmd_maintenance(state: StateDir, mode: str, units: list[str], duration: str) -> int:
+def cmd_maintenance(state: StateDir, mode: str, units: list[str], duration: str,
+                    fmt: str = "text") -> int:
     state.ensure()
     now = time.time()
     current = state.maintenance()
@@ -133,14 +147,18 @@ def cmd_maintenance(state: StateDir, mode: str, units: list[str], duration: str)
         else:
             m.until = until
         what = ", ".join(units) or "the whole machine"
-        print(f"maintenance on for {what} until {_when(until)}")
+        said = f"maintenance on for {what} until {_when(until)}"
     else:
         for u in units:
             m.units.pop(u, None)
         if not units:
             m = Maintenance()
-        print(f"maintenance off for {', '.join(units) or 'everything'}")
+        said = f"maintenance off for {', '.join(units) or 'everything'}"
     state.set_maintenance(m)
+    if fmt == "json":
+        print(json.dumps({"until": m.until, "units": m.units, "active": m.active(now)}))
+    else:
+        print(said)
     return 0
 
 

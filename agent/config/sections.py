@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.config.schema import BOOLEAN, TEXT, Parser, listing, number, option
+from agent.config.schema import BOOLEAN, TEXT, Parser, choice, listing, number, option
 from agent.quote import quote
 
 SEVERITIES = ("WARN", "UNKNOWN", "CRIT")
@@ -121,6 +121,8 @@ class EmailOptions:
                                "built-in ones")
     retry_max: float = option(1800.0, number(10, 86400), "longest wait between delivery "
                               "attempts of a queued mail")
+    language: str = option("en", choice("en", "ja"), "language of the alert and patch-report "
+                           "mails: en (English) or ja (Japanese)")
 
     def __post_init__(self) -> None:
         if self.username is not None and self.password_file is None:

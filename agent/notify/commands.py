@@ -82,3 +82,34 @@ def cmd_flush(config: Config, state_dir: Path) -> int:
     left = len(outbox.queued())
     print(f"delivered {sum(a.delivered for a in attempts)}, {left} still queued")
     return 0 if not left else 1
+
+
+def cmd_outbox(config: Config, state_dir: Path, fmt: str) -> int:
+    """The recipients and what waits in the outbox, oldest first (the outbox needs no
+    recipients configured to be listed: mail queued before they were removed still waits)."""
+    import json
+
+    opts = config.email
+    outbox = Outbox(state_dir / "outbox", opts.retry_max)
+    queued = []
+    for q in outbox.queued():
+        try:
+            subject = str(outbox.load(q.name)["Subject"] or "")
+        except (OSError, ValueError):
+            subject = ""
+        queued.append({"id": q.name, "subject": subject, "queued_at": q.queued_at,
+                       "attempts": q.attempts, "next_at": q.next_at,
+                       "last_error": q.last_error})
+    doc = {"recipients": [address for address, _ in opts.to], "relays": list(opts.relays),
+           "language": opts.language, "queued": queued}
+    if fmt == "json":
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(f"recipients: {', '.join(doc['recipients']) or 'none configured'}")
+    print(f"relays: {', '.join(doc['relays']) or 'none configured'}")
+    print(f"{len(queued)} mail(s) waiting in {outbox.path}")
+    for m in queued:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m["queued_at"]))
+        print(f"  since {since}, {m['attempts']} attempt(s): {m['subject']}"
+              + (f" (last error: {m['last_error']})" if m["last_error"] else ""))
+    return 0
