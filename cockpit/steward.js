@@ -86,7 +86,8 @@ function refresh() {
         renderOverview(st);
     }, err => {
         banner(err.message, true);
-        if (err.kind === "superuser" || err.kind === "missing")
+        // Never an empty table: without a status to show, the table says why.
+        if (!window.stewardStatus || err.kind === "superuser" || err.kind === "missing")
             fillTable("checks", [], err.message);
     });
 }

@@ -6,9 +6,13 @@ function withConfig(args) {
     return window.stewardConfig ? args.concat(["--config", window.stewardConfig]) : args;
 }
 
-function showError(id, err) {
-    note(id, err.message || String(err));
-    document.getElementById(id).classList.add("error-text");
+/* Say what went wrong in the tab's note and in its table, so no panel stays blank. */
+function showError(id, err, table) {
+    note(id, "");
+    if (table)
+        fillTable(table, [], err.message || String(err));
+    else
+        note(id, err.message || String(err));
 }
 
 const Security = {
@@ -31,7 +35,7 @@ const Security = {
                 .sort((x, y) => ORDER[x.status] - ORDER[y.status] || x.check.localeCompare(y.check));
             fillTable("rules", failing.map(r => [statusBadge(r.status), r.check, r.summary, r.details,
                 el("td", r.remedy, "remedy")]), _("Every rule passes."));
-        }, err => showError("audit-state", err));
+        }, err => showError("audit-state", err, "rules"));
     },
     chart(history) {
         const svg = document.getElementById("score-chart");
@@ -78,7 +82,11 @@ const MailDomain = {
                     r.summary, el("td", r.remedy, "remedy")];
             }).sort((x, y) => String(x[0]).localeCompare(String(y[0])));
             fillTable("maildns", rows, _("No mail domain is checked here."));
-        }, err => showError("maildns-state", err));
+        }, err => {
+            if (/matches no result/.test(err.message))  // no [checks.maildns] domain configured
+                err = new StewardError(_("No mail domain is checked here."), "empty");
+            showError("maildns-state", err, "maildns");
+        });
     },
 };
 
@@ -119,6 +127,7 @@ const Patching = {
         note("patch-window", p.schedule
             ? cockpit.format(_("Patch window: $0; next start $1"), p.schedule, p.next_start || "-")
             : _("No patch window is configured ([patch] schedule)."));
+        return this.check();
     },
     check() {
         note("patch-state", _("Asking dnf for pending updates…"));
@@ -132,7 +141,7 @@ const Patching = {
             fillTable("updates", ups.map(u => [u.name + "." + u.arch, u.evr, (u.advisories || []).join(", "),
                 (u.advisories || []).map(id => (adv[id] && adv[id].severity) || "").filter(Boolean).join(", ")]),
                       _("The system is up to date."));
-        }, err => showError("patch-state", err));
+        }, err => showError("patch-state", err, "updates"));
     },
 };
 

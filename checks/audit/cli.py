@@ -18,6 +18,7 @@ from agent.fileio import write_atomic
 from agent.model import Status
 
 FORMATS = ("text", "json", "nagios")
+HISTORY = 50  # full audits whose score is kept, for the Cockpit page's chart
 LAST = "audit.json"  # in the state directory: per system, each rule's status at its last audit
 
 
@@ -67,14 +68,15 @@ def run(args: argparse.Namespace, env: Env, options: Any) -> int:
     if not args.rule:
         results.append(score_result(findings, options.min_score))
     # Drift is kept per audited system, from full audits only (not --rule subsets).
-    newly = _newly_failing(env.state_dir / LAST, sysroot, results, record=not args.rule)
+    newly, history = _newly_failing(env.state_dir / LAST, sysroot, results,
+                                    record=not args.rule)
     report = Report(tuple(results), t0, time.time() - t0)
     host = socket.gethostname() if sysroot == Path("/") else str(sysroot)
     if args.format == "json":
         doc = json.loads(RENDER["json"](report, host, False))
         passed, total = _score(results)
         doc["audit"] = {"sysroot": str(sysroot), "score_percent": passed,
-                        "rules": total, "newly_failing": newly}
+                        "rules": total, "newly_failing": newly, "history": history}
         sys.stdout.write(json.dumps(doc, indent=2 if sys.stdout.isatty() else None) + "\n")
     else:
         out = RENDER[args.format](report, host, sys.stdout.isatty())
@@ -92,9 +94,11 @@ def _score(results: list[Any]) -> tuple[float | None, int]:
     return None, len(results)
 
 
-def _newly_failing(path: Path, sysroot: Path, results: list[Any], record: bool) -> list[str]:
+def _newly_failing(path: Path, sysroot: Path, results: list[Any], record: bool
+                   ) -> tuple[list[str], list[dict[str, Any]]]:
     """Rules failing now that passed (or were not judged) at the last full audit of the same
-    system (this machine, or the image at ``sysroot``); the first audit has none."""
+    system (this machine, or the image at ``sysroot``); the first audit has none. And the
+    score of the last HISTORY full audits, oldest first (this one included when recorded)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -107,14 +111,18 @@ def _newly_failing(path: Path, sysroot: Path, results: list[Any], record: bool) 
     newly = [] if not isinstance(last, dict) else sorted(
         rule for rule, status in now.items() if status in failing
         and last.get(rule) not in failing)
+    before = data.get(str(sysroot)) if isinstance(data.get(str(sysroot)), dict) else {}
+    history = [h for h in before.get("history", []) if isinstance(h, dict)][-HISTORY:]
     if record:
-        data[str(sysroot)] = {"at": int(time.time()), "status": now}
+        score, _ = _score(results)
+        history = (history + [{"at": int(time.time()), "score": score}])[-HISTORY:]
+        data[str(sysroot)] = {"at": int(time.time()), "status": now, "history": history}
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_atomic(path, json.dumps(data, indent=1) + "\n", mode=0o600)
         except OSError:
             pass  # a read-only state directory must not fail the audit itself
-    return newly
+    return newly, history
 
 
 def options_of(env: Env) -> Any:

@@ -100,18 +100,18 @@ class Browser:
             raise RuntimeError(f"{expression}: {r['exceptionDetails']}")
         return r["result"].get("value")
 
-    def wait(self, expression: str, timeout: float = 10.0) -> Any:
-        """The first truthy value of ``expression``, polled every 100 ms."""
+    def wait(self, expression: str, timeout: float = 10.0) -> None:
+        """Until ``expression`` is truthy (in JavaScript's sense), polled every 100 ms."""
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
             try:
-                last = self.js(expression)
+                last = self.js(f"!!({expression})")
             except RuntimeError as e:
                 last = e
             else:
-                if last:
-                    return last
+                if last is True:
+                    return
             time.sleep(0.1)
         raise AssertionError(f"within {timeout} s, never true: {expression} (last: {last!r})")
 
