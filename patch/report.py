@@ -153,8 +153,9 @@ def _local(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
 
 
-def render(out: Outcome, template_dir: str | Path | None) -> tuple[str, str, str]:
-    return ReportTemplates(template_dir).render_report(view(out))
+def render(out: Outcome, template_dir: str | Path | None,
+           language: str = "en") -> tuple[str, str, str]:
+    return ReportTemplates(template_dir, language).render_report(view(out))
 
 
 def publish(out: Outcome, config: Config, state_dir: Path, *,
@@ -165,7 +166,7 @@ def publish(out: Outcome, config: Config, state_dir: Path, *,
 
     stream = stream or sys.stdout
     opts = config.email
-    subject, text, html = render(out, opts.template_dir)
+    subject, text, html = render(out, opts.template_dir, opts.language)
     stream.write(text)
     if not opts.enabled:
         out.delivered = None

@@ -58,7 +58,7 @@ def cmd_test(config: Config, state_dir: Path, host: str) -> int:
     now = time.time()
     item = MailItem("test", "notify", Status.OK, f"test mail from steward on {host}",
                     details=f"relays, in order: {', '.join(opts.relays)}", since=now)
-    subject, text, html = Templates(opts.template_dir).render([item], host=host, kind="test",
+    subject, text, html = Templates(opts.template_dir, opts.language).render([item], host=host, kind="test",
                                                               now=now)
     msg = build_message(subject, text, html, sender=opts.sender, kind="test",
                         to=[address for address, _ in opts.to], date=now)

@@ -72,7 +72,7 @@ class Mailer:
                  templates: Templates | None = None) -> None:
         self.opts, self.host = opts, host
         self.outbox = Outbox(Path(state_dir) / "outbox", opts.retry_max)
-        self.templates = templates or Templates(opts.template_dir)
+        self.templates = templates or Templates(opts.template_dir, opts.language)
         self._state_path = Path(state_dir) / "mail.json"
         self._state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.state = self._load()

@@ -2,7 +2,9 @@
 and wraps them into an RFC 5322 message.
 
 The templates ship in ``agent/notify/templates/``; a file of the same name in the override
-directory (``/etc/steward/templates``) replaces one. Templates see only data, prepared here:
+directory (``/etc/steward/templates``) replaces one. With ``[notify.email] language = "ja"``
+the Japanese set in ``templates/ja/`` is used (overridden by ``ja/NAME`` in the override
+directory). Templates see only data, prepared here:
 ``items`` (worst first; each with kind, check, status, label, colour, summary, details, remedy,
 actions, repeats, since, duration), ``host``, ``kind``, ``now`` and, in the bodies, ``subject``.
 """
@@ -81,8 +83,10 @@ def _view(item: MailItem, now: float) -> dict[str, Any]:
 class Templates:
     """The three mail templates, built-in ones overridable per file from ``override_dir``."""
 
-    def __init__(self, override_dir: str | Path | None = "/etc/steward/templates") -> None:
+    def __init__(self, override_dir: str | Path | None = "/etc/steward/templates",
+                 language: str = "en") -> None:
         self._override = Path(override_dir) if override_dir is not None else None
+        self._prefix = "" if language == "en" else f"{language}/"  # validated by the config
         # PackageLoader reads through the import system: source tree, editable install or wheel.
         builtin = jinja2.PackageLoader("agent.notify", "templates")
         self._builtin = _environment(builtin)
@@ -105,6 +109,7 @@ class Templates:
         return subject, self._render("alert.txt.j2", ctx), self._render("alert.html.j2", ctx)
 
     def _render(self, name: str, ctx: Mapping[str, Any]) -> str:
+        name = self._prefix + name
         try:
             return self._env.get_template(name).render(ctx)
         except Exception as e:  # any failure of an admin's template, not only TemplateError

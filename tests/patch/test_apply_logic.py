@@ -252,3 +252,11 @@ def test_the_report_says_everything_in_text_and_escaped_html():
         assert line + "\n" in text, line
     assert "openssl &amp; friends" in html and "(pid 42: &lt;dnf&gt;)" in html
     assert "#c62828" in html  # CRIT
+    # [notify.email] language = "ja": the same report in Japanese, values untouched.
+    ja_subject, ja_text, ja_html = render(out, None, "ja")
+    assert ja_subject.startswith("[steward] mail1: パッチ適用の結果: patch FAILED")
+    for line in ("モード: all、除外 kernel*", "  postfix.service: 正常, active (running)",
+                 "適用前の状態: 1 OK (0.1 s)", "適用後の状態: 1 WARN (0.1 s)",
+                 "ロールバック: dnf history undo 7", "所要時間: 1 min 15 s"):
+        assert line + "\n" in ja_text, line
+    assert "openssl &amp; friends" in ja_html and "パッチ適用前後の状態" in ja_html
