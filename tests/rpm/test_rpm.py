@@ -131,6 +131,11 @@ def test_rpmlint_clean_but_for_the_explained(built):
     assert "2 packages and 0 specfiles checked; 0 errors, 0 warnings" in proc.stdout, proc.stdout
 
 
+def test_the_cockpit_page_is_recommended_not_required(built):
+    rpm = str(built["rpms"] / f"steward-{V1}-1.noarch.rpm")
+    assert run(["rpm", "-qp", "--recommends", rpm]).stdout.split() == ["cockpit-system"]
+
+
 def test_requires_only_el9_names(built):
     rpm = str(built["rpms"] / f"steward-{V1}-1.noarch.rpm")
     requires = run(["rpm", "-qp", "--requires", rpm]).stdout.splitlines()
@@ -212,6 +217,11 @@ def test_install_verify_upgrade_erase(built, tmp_path):
     assert state.is_dir() and stat.S_IMODE(state.stat().st_mode) == 0o700
     templates = sorted(p.name for p in (r / SITELIB / "agent/notify/templates").glob("*.j2"))
     assert templates == sorted(p.name for p in (REPO / "agent/notify/templates").glob("*.j2"))
+    ja = sorted(p.name for p in (r / SITELIB / "agent/notify/templates/ja").glob("*.j2"))
+    assert ja == templates  # every mail template in Japanese too
+    page = sorted(p.name for p in (r / "usr/share/cockpit/steward").iterdir())
+    assert page == sorted(p.name for p in (REPO / "cockpit").iterdir()), page
+    assert "manifest.json" in page and "po.ja.js" in page
     assert (r / "usr/share/licenses/steward/LICENSE").is_file()
     for lib in ("jeepney",):
         assert (r / "usr/share/steward/bundled" / lib / "__init__.py").is_file()
