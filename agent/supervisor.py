@@ -338,7 +338,8 @@ class Supervisor:
             if cid not in self.results:
                 continue  # no longer configured
             checks[cid] = {"status": rec.status, "since": rec.since, "summary": rec.summary,
-                           "remedy": self.results[cid].remedy, "unit": rec.unit, "inhibited_by": rec.inhibited_by,
+                           "remedy": self.results[cid].remedy, "unit": rec.unit,
+                           "inhibited_by": rec.inhibited_by,
                            "maintenance": maint.covers(rec.unit, now)}
         units = {name: {"restarts": len([t for t in u.restarts
                                          if now - t < self.env.config.restart.window]),

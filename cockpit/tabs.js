@@ -141,7 +141,10 @@ const Patching = {
             fillTable("updates", ups.map(u => [u.name + "." + u.arch, u.evr, (u.advisories || []).join(", "),
                 (u.advisories || []).map(id => (adv[id] && adv[id].severity) || "").filter(Boolean).join(", ")]),
                       _("The system is up to date."));
-        }, err => showError("patch-state", err, "updates"));
+        }, err => {
+            note("patch-summary", _("Pending updates are not known:"));
+            showError("patch-state", err, "updates");
+        });
     },
 };
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from email.message import EmailMessage
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from agent.config import Config
 from agent.config.sections import EmailOptions
@@ -58,8 +58,8 @@ def cmd_test(config: Config, state_dir: Path, host: str) -> int:
     now = time.time()
     item = MailItem("test", "notify", Status.OK, f"test mail from steward on {host}",
                     details=f"relays, in order: {', '.join(opts.relays)}", since=now)
-    subject, text, html = Templates(opts.template_dir, opts.language).render([item], host=host, kind="test",
-                                                              now=now)
+    templates = Templates(opts.template_dir, opts.language)
+    subject, text, html = templates.render([item], host=host, kind="test", now=now)
     msg = build_message(subject, text, html, sender=opts.sender, kind="test",
                         to=[address for address, _ in opts.to], date=now)
     outbox = Outbox(state_dir / "outbox", opts.retry_max)
@@ -91,7 +91,7 @@ def cmd_outbox(config: Config, state_dir: Path, fmt: str) -> int:
 
     opts = config.email
     outbox = Outbox(state_dir / "outbox", opts.retry_max)
-    queued = []
+    queued: list[dict[str, Any]] = []
     for q in outbox.queued():
         try:
             subject = str(outbox.load(q.name)["Subject"] or "")
@@ -100,13 +100,13 @@ def cmd_outbox(config: Config, state_dir: Path, fmt: str) -> int:
         queued.append({"id": q.name, "subject": subject, "queued_at": q.queued_at,
                        "attempts": q.attempts, "next_at": q.next_at,
                        "last_error": q.last_error})
-    doc = {"recipients": [address for address, _ in opts.to], "relays": list(opts.relays),
-           "language": opts.language, "queued": queued}
+    recipients = [address for address, _ in opts.to]
     if fmt == "json":
-        print(json.dumps(doc, indent=1))
+        print(json.dumps({"recipients": recipients, "relays": list(opts.relays),
+                          "language": opts.language, "queued": queued}, indent=1))
         return 0
-    print(f"recipients: {', '.join(doc['recipients']) or 'none configured'}")
-    print(f"relays: {', '.join(doc['relays']) or 'none configured'}")
+    print(f"recipients: {', '.join(recipients) or 'none configured'}")
+    print(f"relays: {', '.join(opts.relays) or 'none configured'}")
     print(f"{len(queued)} mail(s) waiting in {outbox.path}")
     for m in queued:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m["queued_at"]))

@@ -111,11 +111,13 @@ def _newly_failing(path: Path, sysroot: Path, results: list[Any], record: bool
     newly = [] if not isinstance(last, dict) else sorted(
         rule for rule, status in now.items() if status in failing
         and last.get(rule) not in failing)
-    before = data.get(str(sysroot)) if isinstance(data.get(str(sysroot)), dict) else {}
-    history = [h for h in before.get("history", []) if isinstance(h, dict)][-HISTORY:]
+    before = data.get(str(sysroot))
+    kept = before.get("history") if isinstance(before, dict) else None
+    history: list[dict[str, Any]] = [h for h in kept if isinstance(h, dict)][-HISTORY:] \
+        if isinstance(kept, list) else []
     if record:
         score, _ = _score(results)
-        history = (history + [{"at": int(time.time()), "score": score}])[-HISTORY:]
+        history = [*history, {"at": int(time.time()), "score": score}][-HISTORY:]
         data[str(sysroot)] = {"at": int(time.time()), "status": now, "history": history}
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -24,17 +25,19 @@ class Browser:
         assert exe, "chromium is not installed"
         to_child_r, self._w = os.pipe()
         self._r, from_child_w = os.pipe()
-        # The child expects its commands on fd 3 and writes answers on fd 4.
+        # The child expects its commands on fd 3 and writes answers on fd 4; pass_fds keeps
+        # what fds() put there (the test starts no threads, so preexec_fn is safe).
         def fds() -> None:
             os.dup2(to_child_r, 3)
             os.dup2(from_child_w, 4)
+        self._log = open(profile.parent / "chromium.log", "w")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             [exe, "--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
              "--no-first-run", "--disable-extensions", "--disable-background-networking",
              f"--user-data-dir={profile}", f"--window-size={width},{height}",
              "--lang=en-US", "about:blank"],
-            preexec_fn=fds, pass_fds=(3, 4),  # the child keeps what fds() put there
-            stdout=subprocess.DEVNULL, stderr=open(profile.parent / "chromium.log", "w"))
+            preexec_fn=fds, pass_fds=(3, 4),  # noqa: PLW1509
+            stdout=subprocess.DEVNULL, stderr=self._log)
         os.close(to_child_r)
         os.close(from_child_w)
         self._buf = b""
@@ -43,10 +46,8 @@ class Browser:
         self.width, self.height = width, height
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.call("Browser.close", timeout=5)
-        except Exception:
-            pass
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -54,6 +55,7 @@ class Browser:
             self.proc.wait(10)
         os.close(self._w)
         os.close(self._r)
+        self._log.close()
 
     def call(self, method: str, params: dict[str, Any] | None = None, *,
              session: bool = False, timeout: float = 30) -> dict[str, Any]:
@@ -80,8 +82,9 @@ class Browser:
                 return dict(answer.get("result", {}))
 
     def open(self, url: str, cookies: dict[str, str] | None = None) -> None:
-        """A fresh page at ``url`` (after setting ``cookies`` for its host)."""
-        host = url.split("/")[2].split(":")[0]
+        """A fresh page at ``url`` with just ``cookies`` set for its host."""
+        host = url.split("/")[2].split(":", 1)[0]
+        self.call("Storage.clearCookies")
         for name, value in (cookies or {}).items():
             self.call("Storage.setCookies", {"cookies": [
                 {"name": name, "value": value, "domain": host, "path": "/"}]})
