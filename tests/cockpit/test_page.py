@@ -182,7 +182,8 @@ def _screens(b: Browser, lang: str) -> None:
         # Each tab says what it found or why not, never stays blank: every table has a row,
         # every paragraph some text, no note still says "…ing…".
         b.wait(f"""(() => {{ const s = document.getElementById('{tab}');
-            const busy = Array.from(s.querySelectorAll('.note')).some(n => /…$/.test(n.textContent));
+            const busy = Array.from(s.querySelectorAll('.note'))
+                .some(n => /…$/.test(n.textContent));
             const tables = Array.from(s.querySelectorAll('tbody')).every(t => t.children.length);
             const texts = Array.from(s.querySelectorAll(':scope > p')).every(p => p.textContent);
             return !busy && tables && texts }})()""", timeout=120)
