@@ -20,7 +20,10 @@ def chromium() -> str | None:
 
 
 class Browser:
-    def __init__(self, profile: Path, width: int = 1280, height: int = 900) -> None:
+    def __init__(self, profile: Path, width: int = 1280, height: int = 900,
+                 prefix: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> None:
+        """``prefix``: argv that runs chromium elsewhere (nsenter into a container's network);
+        ``extra``: more chromium options."""
         exe = chromium()
         assert exe, "chromium is not installed"
         to_child_r, self._w = os.pipe()
@@ -30,10 +33,10 @@ class Browser:
         def fds() -> None:
             os.dup2(to_child_r, 3)
             os.dup2(from_child_w, 4)
-        self._log = open(profile.parent / "chromium.log", "w")  # noqa: SIM115 (closed in close())
+        self._log = open(profile.parent / "chromium.log", "w")  # noqa: SIM115 (see close())
         self.proc = subprocess.Popen(
-            [exe, "--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
-             "--no-first-run", "--disable-extensions", "--disable-background-networking",
+            [*prefix, exe, *extra, "--headless", "--remote-debugging-pipe", "--no-sandbox",
+             "--disable-gpu", "--no-first-run", "--disable-extensions", "--disable-background-networking",
              f"--user-data-dir={profile}", f"--window-size={width},{height}",
              "--lang=en-US", "about:blank"],
             preexec_fn=fds, pass_fds=(3, 4),  # noqa: PLW1509
