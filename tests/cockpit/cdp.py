@@ -36,9 +36,9 @@ class Browser:
         self._log = open(profile.parent / "chromium.log", "w")  # noqa: SIM115 (see close())
         self.proc = subprocess.Popen(
             [*prefix, exe, *extra, "--headless", "--remote-debugging-pipe", "--no-sandbox",
-             "--disable-gpu", "--no-first-run", "--disable-extensions", "--disable-background-networking",
-             f"--user-data-dir={profile}", f"--window-size={width},{height}",
-             "--lang=en-US", "about:blank"],
+             "--disable-gpu", "--no-first-run", "--disable-extensions",
+             "--disable-background-networking", f"--user-data-dir={profile}",
+             f"--window-size={width},{height}", "--lang=en-US", "about:blank"],
             preexec_fn=fds, pass_fds=(3, 4),  # noqa: PLW1509
             stdout=subprocess.DEVNULL, stderr=self._log)
         os.close(to_child_r)

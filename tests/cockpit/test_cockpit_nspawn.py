@@ -43,27 +43,39 @@ def box() -> Iterator[Container]:
         yield c
 
 
-def login(box: Container, tmp: Path, user: str, password: str) -> Browser:
+def login(box: Container, tmp: Path, user: str, password: str, admin: bool) -> Browser:
+    """A PAM login through Cockpit's login page. ``admin``: ask for administrative access,
+    as Cockpit remembers it once chosen (localStorage superuser:USER = any): the session's
+    superuser bridge then runs sudo with the login password."""
     b = Browser(tmp / f"profile-{user}", prefix=("nsenter", "-t", str(box.pid), "-n"),
                 extra=("--ignore-certificate-errors",))
     b.open(SHELL)
     b.wait("document.getElementById('login-user-input')", timeout=30)
-    b.js(f"document.getElementById('login-user-input').value = {user!r};"
+    b.js(f"localStorage.setItem('superuser:{user}', {'any' if admin else 'none'!r});"
+         f"document.getElementById('login-user-input').value = {user!r};"
          f"document.getElementById('login-password-input').value = {password!r};"
          "document.getElementById('login-button').click()")
-    b.wait("!document.getElementById('login-user-input') || "
-           "document.getElementById('login').hidden || "
-           "document.getElementById('login').style.display === 'none'", timeout=30)
-    b.wait("document.cookie !== undefined && location.pathname !== '/'", timeout=30)
+    # Logged in, the shell replaces the login page (same address).
+    try:
+        b.wait("!document.getElementById('login-user-input')", timeout=30)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the page shows: {seen(b)}") from None
     return b
 
 
+def seen(b: Browser) -> str:
+    return str(b.js("location.href + ' | ' + document.body.innerText.slice(0, 600)"))
+
+
 def test_a_wheel_user_logs_in_gets_superuser_and_sees_the_checks(box, tmp_path):
-    b = login(box, tmp_path, "admin", "Adm1n-pass")
+    b = login(box, tmp_path, "admin", "Adm1n-pass", admin=True)
     try:
         b.call("Page.navigate", {"url": PAGE}, session=True)
-        b.wait("document.querySelector('#checks tr[data-check=\"port:127.0.0.1:1\"]')",
-               timeout=30)
+        try:
+            b.wait("document.querySelector('#checks tr[data-check=\"port:127.0.0.1:1\"]')",
+                   timeout=30)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the page shows: {seen(b)}\n{box.diagnostics()}") from None
         assert b.js("document.querySelector('#checks tr[data-check=\"port:127.0.0.1:1\"]')"
                     ".children[0].textContent") == "CRIT"
         assert b.js("document.getElementById('banner').hidden")
@@ -76,7 +88,8 @@ def test_a_wheel_user_logs_in_gets_superuser_and_sees_the_checks(box, tmp_path):
 
 
 def test_a_user_without_superuser_is_told_so_not_shown_an_empty_table(box, tmp_path):
-    b = login(box, tmp_path, "clerk", "Cl3rk-pass")
+    # clerk asks for administrative access too, but is not in wheel: sudo refuses.
+    b = login(box, tmp_path, "clerk", "Cl3rk-pass", admin=True)
     try:
         b.call("Page.navigate", {"url": PAGE}, session=True)
         b.wait("document.getElementById('banner').textContent.includes('administrative access')",
