@@ -59,6 +59,8 @@ cockpit.locale({"": {"plural-forms": (n) => 0, "language": "ja", "language-direc
  "Overview": [null, "概要"],
  "Package": [null, "パッケージ"],
  "Patch window: $0; next start $1": [null, "パッチ適用の時間帯: $0、次回開始 $1"],
+ "Last window: $0, $1$2": [null, "前回の時間帯: $0、結果 $1$2"],
+ "No patch window has run yet.": [null, "パッチ適用の時間帯はまだ実行されていません。"],
  "Patching": [null, "パッチ適用"],
  "Pending updates are not known:": [null, "未適用の更新を確認できませんでした:"],
  "Recipients: $0": [null, "宛先: $0"],

@@ -127,6 +127,11 @@ const Patching = {
         note("patch-window", p.schedule
             ? cockpit.format(_("Patch window: $0; next start $1"), p.schedule, p.next_start || "-")
             : _("No patch window is configured ([patch] schedule)."));
+        const last = p.last;
+        note("patch-last", last && last.outcome
+            ? cockpit.format(_("Last window: $0, $1$2"), when(last.window), last.outcome,
+                             last.detail ? " (" + last.detail + ")" : "")
+            : _("No patch window has run yet."));
         return this.check();
     },
     check() {
