@@ -49,17 +49,28 @@ def login(box: Container, tmp: Path, user: str, password: str, admin: bool) -> B
     superuser bridge then runs sudo with the login password."""
     b = Browser(tmp / f"profile-{user}", prefix=("nsenter", "-t", str(box.pid), "-n"),
                 extra=("--ignore-certificate-errors",))
-    b.open(SHELL)
-    b.wait("document.getElementById('login-user-input')", timeout=30)
-    b.js(f"localStorage.setItem('superuser:{user}', {'any' if admin else 'none'!r});"
-         f"document.getElementById('login-user-input').value = {user!r};"
-         f"document.getElementById('login-password-input').value = {password!r};"
-         "document.getElementById('login-button').click()")
-    # Logged in, the shell replaces the login page (same address).
     try:
-        b.wait("!document.getElementById('login-user-input')", timeout=30)
-    except AssertionError as e:
-        raise AssertionError(f"{e}; the page shows: {seen(b)}") from None
+        b.open(SHELL)
+        b.wait("document.getElementById('login-user-input')", timeout=30)
+    except BaseException:
+        b.close()
+        raise
+    # The form is in the HTML before login.js binds it: under load a first click can be
+    # lost, so submit again while the login page stays.
+    for attempt in range(3):
+        b.js(f"localStorage.setItem('superuser:{user}', {'any' if admin else 'none'!r});"
+             f"document.getElementById('login-user-input').value = {user!r};"
+             f"document.getElementById('login-password-input').value = {password!r};"
+             "document.getElementById('login-button').click()")
+        try:
+            # Logged in, the shell replaces the login page (same address).
+            b.wait("!document.getElementById('login-user-input')", timeout=15)
+            break
+        except AssertionError as e:
+            if attempt == 2:
+                shows = seen(b)
+                b.close()  # the caller gets no browser to close
+                raise AssertionError(f"{e}; the page shows: {shows}") from None
     return b
 
 
