@@ -1,8 +1,8 @@
-/* steward's Cockpit page: the overview (polled every 3 s), run-checks-now, maintenance, reset,
+/* steward's Cockpit page: the overview (polled every 2 s), run-checks-now, maintenance, reset,
  * and the tab switching. */
 "use strict";
 
-const POLL_MS = 3000;
+const POLL_MS = 2000;
 let checked = {};  // results of the last "run checks now", by check id, newer than the daemon's
 
 function banner(text, error) {
