@@ -4,11 +4,14 @@ report's status, its headline and the exit code."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent.model import Status
-from patch.dnfparse import Advisory, Change, Transaction
-from patch.health import Health, Shift
-from patch.rebooting import Decision
+
+if TYPE_CHECKING:  # annotations only: every CLI run (`steward run` too) loads EXIT_CODES (~1 MB)
+    from patch.dnfparse import Advisory, Change, Transaction
+    from patch.health import Health, Shift
+    from patch.rebooting import Decision
 
 PATCHED, ATTENTION, USAGE, NOT_PATCHED = 0, 1, 2, 3
 EXIT_CODES = ("Exit codes: 0 patched (or nothing to do) and health not worse; 1 patched but "
