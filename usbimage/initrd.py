@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 MAX_NAME = 4096
-MAX_KEPT = 64 * 1024  # a configuration file larger than this is not read
+MAX_KEPT = 256 * 1024  # a configuration file larger than this is not read (lvm.conf: ~100 KB)
 MAX_ENTRIES = 1_000_000
 KEPT_DIRS = ("etc/", "conf/", "cryptroot/")  # dracut's and initramfs-tools' configuration
 T_DECOMPRESS = 300
