@@ -59,11 +59,13 @@ class Jail:
         self.mounts = {b"/".join(parts(os.fsencode(m))) for m in mounts if m}
         self.links: set[bytes] = set()  # symlinks (and hard links to them) held back
         self.checked: set[bytes] = set()  # directories found not to be symlinks
-        self.held: dict[str, list[bytes]] = {}  # filesystem prefix -> held headers
+        # filesystem prefix -> (type, raw header) of each member held back
+        self.held: dict[str, list[tuple[str, bytes]]] = {}
         self.refused: list[str] = []
         self.refused_count = 0
         self.skipped: list[str] = []
         self._seen: set[str] = set()
+        self._lock = threading.Lock()  # segments are judged in several threads at once
 
     def __enter__(self) -> Jail:
         return self
@@ -72,12 +74,13 @@ class Jail:
         os.close(self.root)
 
     def refuse(self, what: str) -> None:
-        if what in self._seen:  # directories are extracted twice
-            return
-        self._seen.add(what)
-        self.refused_count += 1
-        if len(self.refused) < SHOWN:
-            self.refused.append(what)
+        with self._lock:
+            if what in self._seen:  # directories are extracted twice
+                return
+            self._seen.add(what)
+            self.refused_count += 1
+            if len(self.refused) < SHOWN:
+                self.refused.append(what)
 
     def directory(self, prefix: str) -> int:
         """An O_PATH descriptor of the folder a filesystem's members go into, made where
@@ -124,10 +127,15 @@ class Jail:
             self.checked.add(p)
         return None
 
-    def judge(self, prefix: str, segment: str,
-              wanted: set[bytes] | None) -> Callable[[Member], str]:
+    def judge(self, prefix: str, segment: str, wanted: set[bytes] | None,
+              kinds: list[str] | None = None) -> Callable[[Member], str]:
+        """The decision for each member of one segment; the type of each member held is
+        appended to ``kinds``. A hard link to a name this segment did not write is held
+        too: segments are extracted at the same time, its target may not be there yet."""
         pre = parts(os.fsencode(prefix))
         at = f"/{prefix}/" if prefix else "/"
+        mine: set[bytes] = set()  # what this segment forwarded
+        kinds = [] if kinds is None else kinds
 
         def decide(m: Member) -> str:
             try:
@@ -143,12 +151,13 @@ class Jail:
             full = pre + got
             why = None if got or m.type == "5" else "it names the destination itself"
             why = why or self._through_link(full, len(full) - 1)
-            to_link = False
+            to_link = later = False
             if why is None and m.type == "1":
                 try:
                     target = pre + parts(m.link)
                     why = self._through_link(target, len(target) - 1)
                     to_link = b"/".join(target) in self.links
+                    later = b"/".join(target) not in mine
                 except Refused as e:
                     why = f"a hard link to {shown(m.link)}: {e}"
             key = b"/".join(full)
@@ -159,11 +168,17 @@ class Jail:
                 self.refuse(f"refused {name} (segments/{segment}): {why}")
                 return DROP
             if m.type in "34" and not self.devices:
-                self.skipped.append(name)
+                with self._lock:
+                    self.skipped.append(name)
                 return DROP
             if m.type == "2" or to_link:
                 self.links.add(key)
+                kinds.append(m.type)
                 return HOLD
+            if later:
+                kinds.append(m.type)
+                return HOLD
+            mine.add(key)
             return FORWARD
 
         return decide

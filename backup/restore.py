@@ -18,7 +18,12 @@ symlinks does not span two runs (segment 0000's ``etc/evil -> /x`` then segment 
   with lstat, relative to the destination opened once (nothing followed below it);
 - a hard link's target passes the same checks; a filesystem's folder is opened component by
   component with O_NOFOLLOW and tar runs in it by descriptor (``/proc/self/fd/N``);
-- device nodes are skipped and named unless asked for (``--devices``; bare metal always).
+- device nodes are skipped and named unless asked for (``--devices``; bare metal always);
+- the data segments are extracted several at once (``WORKERS``, after the directories):
+  nothing they write is a symlink, so what the jail found stays true while the others
+  write; the symlinks every segment restores are known from the indexes before the first
+  member is judged (so a member below one is refused whichever segment runs first), and a
+  hard link to another segment's name is held with the symlinks.
 
 Every refusal is a line naming the member and why; the rest is restored and the restore then
 fails (exit 1). The checks cost no process per file and no second read of an archive; tar
@@ -33,6 +38,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +149,7 @@ class Selection:
     skipped: list[str] = field(default_factory=list)  # device nodes not made
 
 
+WORKERS = min(4, os.cpu_count() or 1)  # segments extracted at once (each: zstd, tar, a thread)
 _SEGMENT = re.compile(r"^[0-9]{4,6}$")
 
 
@@ -242,17 +249,66 @@ def restore(gen: Generation, paths: Iterable[str], dest: Path,
         prefixes[segs[n]["fs"]].count("/"), n))
     data = sorted(n for n in sel.members if segs[n]["kind"] != "dirs")
     with jail.Jail(dest, devices=devices, mounts=prefixes) as j:
-        for name in [*dirs, *data]:
-            _extract(gen, name, prefixes[segs[name]["fs"]], sel.members[name], j=j, say=say)
-        for prefix, headers in j.held.items():
-            if headers:
-                _in(j, prefix, _make_links(j, prefix, headers))
+        j.links.update(_symlinks(gen, manifest, sel))
+        for name in dirs:
+            _took(j, say, _extract(gen, name, prefixes[segs[name]["fs"]], sel.members[name],
+                                   j=j))
+        # The files: each segment in its own zstd | judge | tar, several at once (a bounded
+        # pool). Nothing they write is a symlink (held), so what one judged stays true while
+        # the others write; a hard link to another segment's file is held too.
+        with ThreadPoolExecutor(max(1, min(WORKERS, len(data)))) as pool:
+            futures = [pool.submit(_extract, gen, name, prefixes[segs[name]["fs"]],
+                                   sel.members[name], j=j) for name in data]
+        for fut in futures:  # in segment order: the first error, the lines, the held links
+            _took(j, say, fut.result())
+        for prefix, held in j.held.items():
+            if held:  # the symlinks first: a held hard link may name one
+                held.sort(key=lambda h: h[0] != "2")
+                _in(j, prefix, _make_links(j, prefix, [h for _, h in held]))
         j.links_made()
         j.held.clear()
         for name in dirs:
-            _extract(gen, name, prefixes[segs[name]["fs"]], sel.members[name], j=j, say=say)
+            _took(j, say, _extract(gen, name, prefixes[segs[name]["fs"]], sel.members[name],
+                                   j=j))
         sel.refused, sel.refused_count, sel.skipped = j.refused, j.refused_count, j.skipped
     return sel
+
+
+def _symlinks(gen: Generation, manifest: dict[str, Any], sel: Selection) -> set[bytes]:
+    """The symlinks the selection restores (and hard links to them), from the indexes: the
+    segments are extracted at the same time, and a member below a symlink of another segment
+    is refused whichever segment is judged first. (The archive's own symlinks are held
+    whatever the index says: nothing written follows one.)"""
+    links: set[str] = set()
+    hard: list[tuple[str, str]] = []
+    for seg in manifest["segments"]:
+        if seg["name"] not in sel.members:
+            continue
+        prefix = manifest["filesystems"][seg["fs"]]["prefix"]
+        members = sel.members[seg["name"]]
+        wanted = None if members is None else {
+            b"/".join(p for p in m.split(b"/") if p and p != b".") for m in members}
+        try:
+            for r in index.read(str(gen.path / "segments" / f"{seg['name']}.idx.gz")):
+                if r.type in "lh" and (wanted is None or index.member(prefix, r.path)
+                                       in wanted):
+                    if r.type == "l":
+                        links.add(r.path)
+                    else:
+                        hard.append((r.path, r.target))
+        except index.Damaged as e:
+            raise Damaged(f"{e}: run `steward backup verify {gen.id}`; nothing was "
+                          "restored") from None
+    links |= {path for path, target in hard if target in links}
+    return {os.fsencode(p.lstrip("/")) for p in links}
+
+
+def _took(j: jail.Jail, say: Callable[[str], None],
+          got: tuple[str, list[tuple[str, bytes]], list[str]]) -> None:
+    prefix, held, lines = got
+    j.held.setdefault(prefix, []).extend(held)
+    for line in lines:
+        say(line)
 
 
 def _in(j: jail.Jail, prefix: str, work: Callable[[int], object]) -> bool:
@@ -278,17 +334,22 @@ def _make_links(j: jail.Jail, prefix: str, headers: list[bytes]) -> Callable[[in
 
 
 def _extract(gen: Generation, name: str, prefix: str, members: list[bytes] | None, *,
-             j: jail.Jail, say: Callable[[str], None]) -> None:
+             j: jail.Jail) -> tuple[str, list[tuple[str, bytes]], list[str]]:
+    """One segment into its filesystem's folder: (prefix, what was held with its type,
+    tar's lines)."""
     wanted = None if members is None else {
         b"/".join(p for p in m.split(b"/") if p and p != b".") for m in members}
     path = str(gen.path / "segments" / f"{name}.tar.zst")
+    kinds: list[str] = []
+    got: list[tuple[str, bytes]] = []
+    said: list[str] = []
 
     def work(fd: int) -> None:
-        held, cut, lines = jail.extract(path, fd, j.judge(prefix, name, wanted))
-        j.held.setdefault(prefix, []).extend(held)
+        held, cut, lines = jail.extract(path, fd, j.judge(prefix, name, wanted, kinds))
+        got.extend(zip(kinds, held))
         if cut:
             j.refuse(f"refused the rest of segments/{name}.tar.zst: {cut}")
-        for line in lines:
-            say(line)
+        said.extend(lines)
 
     _in(j, prefix, work)
+    return prefix, got, said

@@ -267,6 +267,7 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
         restoredisk.make_filesystems(plan, run)
         with restoredisk.mounted_tree(plan, mount_dir, run) as root:
             say(f"extracting {plan.generation.id} into {root}")
+            extracting = time.monotonic()
             sel = restore(plan.generation, ["/"], root, say=lambda _: None, devices=True)
             for line in sel.refused:
                 say(line)
@@ -275,7 +276,9 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
                     f"{sel.refused_count} members of {plan.generation.id} refused: they would "
                     f"have been written outside {root} (the drive's generation is not what "
                     "steward wrote)")
-            lines.append(f"extracted {sel.entries} entries")
+            lines.append(f"extracted {sel.entries} entries in "
+                         f"{time.monotonic() - extracting:.0f} s")
+            fixing = time.monotonic()
             changed = restorefix.rename_uuids(plan, root)
             if changed:
                 lines.append(f"UUIDs replaced in {', '.join(changed)}")
@@ -288,6 +291,7 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
                 if devices:
                     lines.append(devices)
                 lines.append(restorefix.initramfs(plan, root, run, listed))
+            lines.append(f"boot fixes took {time.monotonic() - fixing:.0f} s")
             lines.append(f"took {time.monotonic() - started:.0f} s")
             for line in lines:
                 say(line)

@@ -7,8 +7,9 @@
   firmware's boot entry is made, with efibootmgr, replacing an entry of the same name and
   loader instead of adding a duplicate on every restore;
 - the LVM devices file, where there is one, lists the new PVs instead of the old disks;
-- the initramfs is rebuilt only when it lacks a driver for the disks it must now find, or
-  when UUIDs or the LVM devices file changed (dracut copies that file in).
+- the initramfs is read (``usbimage.initrd``, no tool of the restored system) and rebuilt,
+  host-only, only when it lacks a driver for the disks it must now find, names a UUID that
+  changed in a file its boot reads, or holds the LVM devices file, which changed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import re
 from pathlib import Path
 
+from usbimage import initrd
 from usbimage.restoredisk import T_MKFS, Runner, _tool
 from usbimage.restoreplan import Plan
 
@@ -217,42 +219,83 @@ def lvm_devices(plan: Plan, root: Path, run: Runner) -> tuple[str, bool]:
             f"/{DEVICES_FILE}", True)
 
 
-def initramfs(plan: Plan, root: Path, run: Runner, devices_changed: bool = False) -> str:
+# Files an initramfs carries that its boot does not read: LVM's metadata history (Debian's
+# hook copies all of /etc/lvm), and initramfs-tools' copy of fstab (its hooks read it when
+# the image is made; at boot it reads the real root's /etc/fstab, fixed above).
+_UNREAD = ("etc/lvm/archive/", "etc/lvm/backup/")
+
+
+def initramfs_needs(image: initrd.Initrd, need: set[str], builtin: set[str],
+                    renames: dict[str, str], devices_changed: bool) -> str:
+    """Why this initramfs would not boot the restored system on its new disks ("" when it
+    would): a driver of the disks' path is neither in it nor built into the kernel, one of
+    its configuration files (dracut's cmdline.d, crypttab, resume...) names a UUID that
+    changed, or it holds the LVM devices file, which changed."""
+    missing = sorted(need - image.modules() - builtin)
+    if missing:
+        return f"it has no driver for {', '.join(missing)}"
+    if devices_changed and DEVICES_FILE in image.names:
+        return "it holds the LVM devices file, which changed"
+    tools = "conf/initramfs.conf" in image.files  # initramfs-tools, not dracut
+    old = re.compile("|".join(re.escape(u) for u in sorted(renames)).encode(), re.IGNORECASE)
+    for name in sorted(image.files):
+        if not renames or name.startswith(_UNREAD) or (tools and name == "etc/fstab"):
+            continue
+        m = old.search(image.files[name])
+        if m:
+            return f"its /{name} names the old UUID {m.group(0).decode().lower()}"
+    return ""
+
+
+def initramfs(plan: Plan, root: Path, run: Runner, devices_changed: bool = False,
+              sysfs_root: str = "/sys") -> str:
+    """Rebuild the initramfs of each kernel only when it would not boot on the new disks
+    (see ``initramfs_needs``), and then host-only: for the disks it is on now."""
     kernels = sorted(p.name[len("vmlinuz-"):] for p in (root / "boot").glob("vmlinuz-*"))
     if not kernels:
         return "initramfs: no kernel in /boot of the restored system"
     need: set[str] = set()
     for t in plan.targets:
-        need |= _driver_modules(t.disk.path)
-    why = "UUIDs changed" if plan.renames else ""
-    lister = _chroot_tool(root, "lsinitrd", "lsinitramfs")
-    kver = kernels[-1]
-    images = [p for p in (f"boot/initramfs-{kver}.img", f"boot/initrd.img-{kver}")
-              if (root / p).exists()]
-    listing = None
-    if not why and lister and images and (need or devices_changed):
-        listing = run.step(f"list the initramfs of {kver}", [_tool("chroot"), str(root),
-                           lister, f"/{images[0]}"], 600, quiet=True)
-    if not why and devices_changed and (listing is None or DEVICES_FILE in listing):
-        why = "it holds the LVM devices file, which changed"
-    if not why and need and listing is not None:
+        need |= _driver_modules(t.disk.path, sysfs_root)
+    todo: list[tuple[str, str, str]] = []  # kernel, image, why
+    kept = []
+    for kver in kernels:
+        image = next((p for p in (f"boot/initramfs-{kver}.img", f"boot/initrd.img-{kver}")
+                      if (root / p).is_file()), None)
+        if image is None:
+            todo.append((kver, f"boot/initramfs-{kver}.img", "there is none"))
+            continue
+        try:
+            got = initrd.read(str(root / image))
+        except (OSError, initrd.InitrdError) as e:
+            todo.append((kver, image, f"it cannot be read: {e}"))
+            continue
+        builtin: set[str] = set()
         with contextlib.suppress(OSError):
-            listing += "\n" + (root / f"usr/lib/modules/{kver}/modules.builtin").read_text()
-        have = {Path(line.split()[-1]).name.split(".ko")[0].replace("-", "_")
-                for line in listing.splitlines() if ".ko" in line}
-        missing = sorted(need - have)
-        if missing:
-            why = f"it has no driver for {', '.join(missing)}"
-    if not why:
-        return (f"initramfs: kept (it has the drivers the disks need: "
-                f"{', '.join(sorted(need)) or 'built in'})")
+            builtin = {Path(line).name.split(".ko")[0].replace("-", "_") for line in
+                       (root / f"usr/lib/modules/{kver}/modules.builtin").read_text()
+                       .splitlines() if line}
+        why = initramfs_needs(got, need, builtin, plan.renames, devices_changed)
+        if why:
+            todo.append((kver, image, why))
+        else:
+            kept.append(kver)
+    drivers = ", ".join(sorted(need)) or "built in"
+    if not todo:
+        return (f"initramfs: kept for {', '.join(kept)} (it has the drivers the disks need: "
+                f"{drivers}, and names no UUID that changed)")
     dracut = _chroot_tool(root, "dracut")  # EL9 (and Debian where dracut replaced it)
     update = _chroot_tool(root, "update-initramfs")  # Debian's initramfs-tools
-    if dracut:
-        argv = [dracut, "-f", "--regenerate-all"]
-    elif update:
-        argv = [update, "-u", "-k", "all"]
-    else:
-        return f"initramfs: NOT rebuilt ({why}): neither dracut nor update-initramfs is there"
-    run.step(f"rebuild the initramfs ({why})", [_tool("chroot"), str(root), *argv], T_MKFS)
-    return f"initramfs: rebuilt ({why})"
+    if not dracut and not update:
+        return (f"initramfs: NOT rebuilt ({todo[0][2]}): neither dracut nor update-initramfs "
+                "is there")
+    done = []
+    how = "host-only" if dracut else "by update-initramfs"
+    for kver, image, why in todo:
+        argv = ([dracut, "-f", "--hostonly", f"/{image}", kver] if dracut else
+                [str(update), "-u" if (root / image).is_file() else "-c", "-k", kver])
+        run.step(f"rebuild the initramfs of {kver} {how} ({why})",
+                 [_tool("chroot"), str(root), *argv], T_MKFS)
+        done.append(f"{kver} ({why})")
+    also = f"; kept for {', '.join(kept)}" if kept else ""
+    return f"initramfs: rebuilt {how} for {'; '.join(done)}{also}"

@@ -66,10 +66,30 @@ class Stick:
     usb: Path
     gens: list[str]  # oldest first: [uefi generation, bios generation]
     logs: Path
+    backup_s: list[float]  # each generation's backup time, as `backup create` reported it
 
 
 def _gen_ids(console: str) -> list[str]:
     return re.findall(r"generation (\d{8}T\d{6}Z) committed in", console)
+
+
+def _backup_s(console: str) -> float:
+    found = re.findall(r"generation \d{8}T\d{6}Z committed in .*?, ([0-9.]+) s, read back",
+                       console)
+    assert found, console[-4000:]
+    return float(found[-1])
+
+
+def _times(what: str, out: str, backup_s: float, full_s: float, logs: Path) -> None:
+    """The restore's time beside the backup's, printed (run with -s) and kept in the logs."""
+    took = re.findall(r"^took (\d+) s$", out, re.M)
+    assert took, out[-3000:]
+    line = (f"E2E-TIMES {what}: restore {took[-1]} s, backup of this generation "
+            f"{backup_s:.1f} s, full backup of the system {full_s:.1f} s, restore/full "
+            f"{int(took[-1]) / full_s:.2f}")
+    print(line)
+    with open(logs / "times.log", "a") as fh:
+        fh.write(line + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +100,7 @@ def stick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stick]:
     make_server_disk(rootfs, server, SIZE)
     with open(usb, "wb") as fh:
         fh.truncate(2 * GiB)
-    gens = []
+    gens, times = [], []
     for n, (firmware, script) in enumerate((("uefi", FIRST), ("bios", SECOND)), 1):
         nvram = fresh_nvram(base / f"prep{n}.vars") if firmware == "uefi" else None
         console = prep_boot(server, usb, script, firmware, timeout=1500, nvram=nvram,
@@ -89,6 +109,7 @@ def stick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stick]:
         found = _gen_ids(console)
         assert found, console[-4000:]
         gens.append(found[-1])
+        times.append(_backup_s(console))
         if n == 1:
             # Debian's lvm (2.03.16) names a virtio disk by its device name; EL9's by WWID or
             # serial. Either way, an entry stops matching once the PV gets a new UUID.
@@ -100,7 +121,7 @@ def stick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stick]:
         else:
             assert "rescue system current" in console, console[-4000:]
             assert "boot menu: 2 generations to restore" in console
-    yield Stick(server, usb, gens, base)
+    yield Stick(server, usb, gens, base, times)
 
 
 def _restore(vm: VM, disk: str = "vda") -> str:
@@ -145,7 +166,10 @@ def test_bios_rescue_boot_restores_onto_a_blank_disk_of_the_same_size(stick: Sti
         assert "boot loader: GRUB (i386-pc) installed on /dev/vda" in out
         assert "LVM devices file: /dev/vda4 listed" in out
         assert "SELinux" in out
-        assert "initramfs: rebuilt (UUIDs changed)" in out
+        # the new UUIDs are in fstab and grub.cfg only: Debian's initramfs finds the root by
+        # the kernel's root= and reads the real root's fstab; its lvm has no devices file yet
+        assert "initramfs: kept for" in out, out[-3000:]
+        _times("BIOS", out, stick.backup_s[1], stick.backup_s[0], stick.logs)
         vm.expect(r"choose: ", 120)
         vm.sendline("p")
         vm.wait(120)
@@ -173,7 +197,8 @@ def test_uefi_rescue_boot_restores_an_older_generation_onto_a_larger_disk(stick:
         assert "/dev/vgsrv/srv: logical volume" in out
         assert "LVM devices file: /dev/vda4 listed" in out
         # this initramfs was made before the devices file was (by SRV_ON_LVM): nothing to fix
-        assert "initramfs: kept (it has the drivers the disks need" in out
+        assert "initramfs: kept for" in out and "(it has the drivers the disks need" in out
+        _times("UEFI", out, stick.backup_s[0], stick.backup_s[0], stick.logs)
         assert re.search(r"boot loader: firmware entry 'debian' -> \\EFI\\debian\\grubx64.efi",
                          out), out[-4000:]
         vm.expect(r"choose: ", 120)
