@@ -1,7 +1,10 @@
 """DMARC aggregate reports received (RFC 7489 §7.2) from a Maildir (or a directory of report
 files): XML, gzip and zip attachments, summarized as who sends as the domain — sources by IP,
-volume, SPF/DKIM alignment, disposition. A source failing alignment with volume is a WARN with
-its IP and sample count.
+volume, SPF/DKIM alignment, disposition, the reverse name (PTR) of each source. A source
+failing alignment with volume is a WARN with its IP, PTR and sample count, and says whether it
+is new: the sources seen are kept in steward's state directory across runs (under ``steward
+run``). Whether this appliance's own report sender ran in the last day is a second result
+(checks/dmarcsender.py).
 
 Untrusted input throughout: each message and each decompressed report is capped
 (``max_report_bytes``), a DTD or entity declaration is refused before expansion (no billion
@@ -11,25 +14,34 @@ report of the wrong schema is named and skipped."""
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import gzip
 import io
+import json
 import xml.parsers.expat
 import zipfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from agent.config.schema import TEXT, CheckOptions, number, option
+from agent.config.schema import TEXT, CheckOptions, Parser, listing, number, option
 from agent.env import Env
+from agent.fileio import write_atomic
 from agent.model import Check, Result, Status
+from checks.dmarcsender import evidence_age, find_schedule
+from checks.maildns import _resolver
 
 MAX_FILES = 2000
 MAX_ZIP_MEMBERS = 4
 MAX_RATIO = 200  # a real report compresses ~20x; a bomb thousands of times
+MAX_PTR = 32  # sources whose reverse name is looked up (the biggest, and every failing one)
+MAX_SEEN = 20000  # source IPs remembered across runs
+STATE_FILE = "dmarcreports.json"
 
 
 class Refused(Exception):
@@ -51,6 +63,16 @@ class DmarcReportOptions(CheckOptions):
                                    "bytes of one message or one decompressed report at most")
     fail_warn: int = option(10, number(1, 1 << 30, integer=True),
                             "messages from one source failing DMARC that make a WARN")
+    resolvers: tuple[str, ...] = option((), listing(Parser(_resolver, '"ip" or "ip:port" or '
+                                                           '"[ipv6]:port"')),
+                                        "resolvers for the sources' PTR names; none: those "
+                                        "of /etc/resolv.conf")
+    ptr_timeout: float = option(2.0, number(0.1, 30), "seconds for one PTR lookup")
+    sender_evidence: str | None = option(None, TEXT, "file the DMARC report sender writes "
+                                         "each run (its log); unset: the file its cron line "
+                                         "redirects output to")
+    sender_max_age: float = option(26.0, number(1, 24 * 365), "hours: report sender "
+                                   "evidence older than this is a WARN")
     timeout: float = option(60.0, number(0.1, 3600), "seconds before the check is UNKNOWN")
     interval: float = option(3600.0, number(1, 86400), "seconds between runs under steward "
                              "run")
@@ -182,20 +204,95 @@ def _attachments(path: Path, cap: int) -> Iterable[tuple[str, bytes]]:
     return out
 
 
+def _ptrs(ips: list[str], resolvers: tuple[str, ...], timeout: float) -> dict[str, str]:
+    """The PTR name of each address (or why there is none), looked up in parallel."""
+    import ipaddress
+
+    from checks.maildns.lookup import Lookup
+
+    valid = []
+    for ip in ips[:MAX_PTR]:
+        with contextlib.suppress(ValueError):
+            valid.append(str(ipaddress.ip_address(ip)))
+    if not valid:
+        return {}
+    lookup = Lookup(resolvers, timeout)
+
+    def one(ip: str) -> str:
+        a = lookup.ptr(ip)
+        if a.kind == "ok":
+            return a.records[0][:253]
+        return "no PTR" if a.void else "PTR lookup failed"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip(valid, pool.map(one, valid)))
+
+
+def _seen(state_dir: Path, key: str, ips: Iterable[str] | None = None) -> set[str] | None:
+    """The source IPs seen in earlier runs for ``key`` (None: no earlier run); with ``ips``,
+    remember those too."""
+    path = state_dir / STATE_FILE
+    try:
+        data = json.loads(path.read_text()[:4 * 1024 * 1024])
+    except (OSError, ValueError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    entry = data.get(key)
+    before = {x for x in entry if isinstance(x, str)} if isinstance(entry, list) else None
+    if ips is not None:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data[key] = sorted((before or set()) | set(ips))[:MAX_SEEN]
+        write_atomic(path, json.dumps(data, sort_keys=True), 0o600)
+    return before
+
+
 class DmarcReportCheck(Check):
     name = "dmarcreports"
     Options = DmarcReportOptions
     options: DmarcReportOptions
 
     def run(self, env: Env) -> Iterable[Result]:
+        out = self._sender(env)
+        if self.options.maildir:
+            out.insert(0, self._reports(env, self.options.maildir))
+        return out
+
+    def _sender(self, env: Env) -> list[Result]:
         o = self.options
-        if not o.maildir:
+        sched = find_schedule(env.sysroot)
+        evidence = o.sender_evidence or (sched.output if sched else "")
+        if sched is None and not o.sender_evidence:
             return []
-        root = env.sysroot / o.maildir.lstrip("/")
+        what = sched.sender if sched else "the DMARC report sender"
+        where = f"scheduled in {sched.where}: {sched.line}" if sched else "no cron entry found"
+        if not evidence:
+            return [self.result(Status.WARN, f"{what} is scheduled but leaves no evidence of "
+                                "running", "sender", details=where,
+                                remedy="redirect its output to a log file in the cron line "
+                                "(>> /var/log/dmarc_report.log 2>&1) or set sender_evidence "
+                                "in [checks.dmarcreports]")]
+        age = evidence_age(env.sysroot, evidence)
+        details = f"{where}\nevidence: {evidence}"
+        if age is None:
+            return [self.result(Status.WARN, f"{what} never ran: no {evidence}", "sender",
+                                details=details, remedy=f"run {what} by hand and read its "
+                                "errors; check that cron runs it")]
+        if age > o.sender_max_age * 3600:
+            return [self.result(Status.WARN, f"{what} last ran {age / 3600:.0f} h ago "
+                                f"({evidence}), more than {o.sender_max_age:g} h",
+                                "sender", details=details,
+                                remedy=f"see {evidence} for its errors and check that cron "
+                                "(or its timer) still runs it")]
+        return [self.result(Status.OK, f"{what} ran {age / 3600:.1f} h ago", "sender",
+                            details=details)]
+
+    def _reports(self, env: Env, maildir: str) -> Result:
+        o = self.options
+        root = env.sysroot / maildir.lstrip("/")
         if not root.is_dir():
-            return [self.result(Status.UNKNOWN, f"no report directory {root}",
-                                remedy="set maildir in [checks.dmarcreports] to the Maildir "
-                                "receiving the rua reports")]
+            return self.result(Status.UNKNOWN, f"no report directory {root}",
+                               remedy="set maildir in [checks.dmarcreports] to the Maildir "
+                               "receiving the rua reports")
         sources: dict[str, Source] = defaultdict(Source)
         refused: list[str] = []
         reports = 0
@@ -216,25 +313,40 @@ class DmarcReportCheck(Check):
                             s.failing += count
             except (Refused, OSError) as e:
                 refused.append(f"{path.name}: {e}"[:200])
+        biggest = sorted(sources.items(), key=lambda kv: -kv[1].count)[:20]
+        bad = sorted(((ip, s) for ip, s in sources.items() if s.failing >= o.fail_warn),
+                     key=lambda kv: -kv[1].failing)
+        names = _ptrs(list(dict.fromkeys([ip for ip, _ in bad] + [ip for ip, _ in biggest])),
+                      o.resolvers, o.ptr_timeout)
+        try:
+            seen = _seen(env.state_dir, str(root), sources if env.keeps_state else None)
+        except OSError as e:
+            seen, refused = None, [*refused, f"state not kept: {e}"[:200]]
         details = [f"{reports} report(s) read from {root}, {len(refused)} refused"]
-        for ip, s in sorted(sources.items(), key=lambda kv: -kv[1].count)[:20]:
+        for ip, s in biggest:
             disp = ", ".join(f"{k} {v}" for k, v in sorted(s.dispositions.items()))
-            details.append(f"{ip}: {s.count} message(s), {s.failing} failing DMARC ({disp})")
+            details.append(f"{ip} ({names.get(ip, '?')}): {s.count} message(s), {s.failing} "
+                           f"failing DMARC ({disp})")
         details += [f"refused: {r}" for r in refused[:10]]
-        bad = [(ip, s) for ip, s in sources.items() if s.failing >= o.fail_warn]
         if bad:
-            ip, s = max(bad, key=lambda kv: kv[1].failing)
-            return [self.result(Status.WARN, f"{len(bad)} source(s) failing DMARC with volume: "
-                                f"{ip} sent {s.failing} message(s) failing SPF and DKIM "
-                                "alignment", details="\n".join(details),
-                                remedy=f"if {ip} is yours, add it to SPF or sign its mail with "
-                                "DKIM; if not, it is spoofing your domain: p=reject stops it")]
+            new = [(ip, s) for ip, s in bad if seen is None or ip not in seen]
+            ip, s = (new or bad)[0]
+            kind = "new source" if new else "known source"
+            more = len(new or bad) - 1
+            return self.result(
+                Status.WARN, f"{kind} {ip} ({names.get(ip, '?')}) failing DMARC alignment: "
+                f"{s.failing} message(s)" + (f", and {more} more {kind}(s)" if more else "")
+                + (f"; {len(bad) - len(new)} known failing" if new and len(bad) > len(new)
+                   else ""),
+                details="\n".join(details),
+                remedy=f"if {ip} is yours, add it to SPF or sign its mail with DKIM; if "
+                "not, it is spoofing your domain: p=reject stops it")
         if refused and not reports:
-            return [self.result(Status.WARN, f"every report was refused ({len(refused)})",
-                                details="\n".join(details),
-                                remedy="see the refusals; hostile or broken reports are "
-                                "skipped, never expanded")]
+            return self.result(Status.WARN, f"every report was refused ({len(refused)})",
+                               details="\n".join(details),
+                               remedy="see the refusals; hostile or broken reports are "
+                               "skipped, never expanded")
         total = sum(s.count for s in sources.values())
-        return [self.result(Status.OK, f"{reports} report(s): {total} "
-                            f"message(s) from {len(sources)} source(s), none failing with "
-                            "volume", details="\n".join(details))]
+        return self.result(Status.OK, f"{reports} report(s): {total} message(s) from "
+                           f"{len(sources)} source(s), none failing with volume",
+                           details="\n".join(details))
