@@ -2,7 +2,8 @@
 ``postconf -h``) answers the milter protocol's option negotiation (SMFIC_OPTNEG), not only a
 TCP connect; a milter that adds headers (a DKIM signer, rspamd) behind
 ``milter_default_action = accept`` lets mail through unsigned when it fails. OpenDKIM's
-KeyTable/SigningTable consistency (checks/opendkim.py) is reported here too."""
+KeyTable/SigningTable consistency (checks/opendkim.py) and rspamd's controller and redis
+(checks/rspamd.py) are reported here too."""
 
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ class MilterOptions(CheckOptions):
     opendkim_conf: str | None = option(None, TEXT, "OpenDKIM's configuration, whose KeyTable "
                                        "and SigningTable are cross-checked; unset: "
                                        "/etc/opendkim.conf if it exists")
+    rspamd_conf_dir: str | None = option(None, TEXT, "rspamd's configuration directory, "
+                                         "whose controller and redis servers are pinged; "
+                                         "unset: /etc/rspamd if it exists")
     connect_timeout: float = option(5.0, number(0.1, 120), "seconds for one milter's answer")
     timeout: float = option(30.0, number(0.1, 3600), "seconds before the check is UNKNOWN")
 
@@ -138,13 +142,13 @@ class MilterCheck(Check):
                 values.update(zip(refs, self._postconf(env, refs[:16])))
         except CommandError as e:
             if o.postfix_config_dir is None and not (env.sysroot / "etc/postfix").exists():
-                return []  # no Postfix here: nothing to check
+                return self._rspamd(env)  # no Postfix here: rspamd's parts at most
             return [self.result(Status.UNKNOWN, f"postconf failed: {e}"[:300],
                                 remedy="check the Postfix installation (postconf -n)")]
         smtpd, non_smtpd, default, queue = (_expand(values[n], values) for n in names)
         milters = parse_milters(smtpd, default, "smtpd_milters") + \
             parse_milters(non_smtpd, default, "non_smtpd_milters")
-        results = self._opendkim(env)
+        results = self._opendkim(env) + self._rspamd(env)
         if not milters:
             return [*results, self.result(Status.OK, "no milters configured in Postfix",
                                           details="smtpd_milters and non_smtpd_milters are "
@@ -168,6 +172,15 @@ class MilterCheck(Check):
         if conf is None and not path.exists():
             return []
         return opendkim_results(self, path, env.sysroot)
+
+    def _rspamd(self, env: Env) -> list[Result]:
+        from checks.rspamd import rspamd_results
+
+        conf = self.options.rspamd_conf_dir
+        path = env.sysroot / (conf or "/etc/rspamd").lstrip("/")
+        if conf is None and not path.is_dir():
+            return []
+        return rspamd_results(self, path, self.options.connect_timeout)
 
     def _postconf(self, env: Env, names: list[str]) -> list[str]:
         o = self.options

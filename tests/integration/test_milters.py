@@ -1,12 +1,15 @@
 """The milter check against a real OpenDKIM (Debian's) on a loopback port, a dead unix socket,
 and a TCP server that is no milter, with the chain read by the real postconf from a throwaway
-Postfix configuration directory."""
+Postfix configuration directory; rspamd's controller and redis as a loopback HTTP server
+answering /ping and a loopback redis-protocol server (AUTH, PING)."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import socket
+import socketserver
 import subprocess
 import threading
 import time
@@ -221,3 +224,132 @@ def test_opendkim_tables_broken(tmp_path):
     assert "has a wildcard but the table is file:" in details and "refile:" in details
     assert "s1.private is mode 0644: readable beyond its owner" in details
     assert "systemctl restart opendkim" in r.remedy
+
+
+# --- rspamd's controller and redis -------------------------------------------------------
+
+class Resp(socketserver.StreamRequestHandler):
+    """A redis-protocol server: AUTH against ``password``, PING answered +PONG."""
+
+    password = ""
+
+    def handle(self):
+        authed = not self.password
+        while True:
+            head = self.rfile.readline()
+            if not head.startswith(b"*"):
+                return
+            args = []
+            for _ in range(int(head[1:])):
+                n = int(self.rfile.readline()[1:])
+                args.append(self.rfile.read(n + 2)[:-2])
+            cmd = args[0].upper()
+            if cmd == b"AUTH" and not self.password:  # what redis says then
+                self.wfile.write(b"-ERR AUTH <password> called without any password "
+                                 b"configured for the default user.\r\n")
+            elif cmd == b"AUTH":
+                authed = args[-1].decode() == self.password
+                self.wfile.write(b"+OK\r\n" if authed else
+                                 b"-WRONGPASS invalid username-password pair\r\n")
+            elif not authed:
+                self.wfile.write(b"-NOAUTH Authentication required.\r\n")
+            elif cmd == b"PING":
+                self.wfile.write(b"+PONG\r\n")
+            else:
+                self.wfile.write(b"-ERR unknown command\r\n")
+
+
+class Pong(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"pong\r\n" if self.path == "/ping" else b"not found"
+        self.send_response(200 if self.path == "/ping" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def servers():
+    class Auth(Resp):
+        password = "s3cret"
+    started = []
+    for server in (socketserver.ThreadingTCPServer(("127.0.0.1", 0), Resp),
+                   socketserver.ThreadingTCPServer(("127.0.0.1", 0), Auth),
+                   http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pong),
+                   http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                   http.server.SimpleHTTPRequestHandler)):
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+    yield [s.server_address[1] for s in started]
+    for s in started:
+        s.shutdown()
+        s.server_close()
+
+
+def rspamd_conf(tmp_path, controller: str, redis: str, local_redis: str = ""):
+    d = tmp_path / "rspamd"
+    (d / "local.d").mkdir(parents=True)
+    (d / "worker-controller.inc").write_text(
+        '# shipped\nbind_socket = "localhost:1";\ncount = 1;\n')
+    (d / "local.d/worker-controller.inc").write_text(
+        f'bind_socket = "{controller}";\npassword = "$2$xyz";\n')
+    (d / "local.d/redis.conf").write_text(redis)
+    return str(d)
+
+
+def rspamd_run(postfix: str, rspamd: str) -> dict:
+    options = MilterOptions(postfix_config_dir=postfix, rspamd_conf_dir=rspamd,
+                            connect_timeout=2.0)
+    [check] = MilterCheck.instances(options, Env(Config("<test>")))
+    return {r.check: r for r in check.run(Env(Config("<test>")))}
+
+
+def test_rspamd_controller_and_redis_answering_are_ok(tmp_path, servers):
+    _, auth, pong, _ = servers
+    conf = rspamd_conf(tmp_path, f"localhost:{pong}",
+                       f'# redis for DMARC\nservers = "localhost:{auth}";\n'
+                       'password = "s3cret";\n')
+    got = rspamd_run(postfix_dir(tmp_path, "", non_smtpd=""), conf)
+    c = got[f"milter:rspamd:controller:localhost:{pong}"]
+    assert c.status is Status.OK and c.summary == f"rspamd controller localhost:{pong} " \
+        "answers /ping"
+    assert "local.d/worker-controller.inc" in c.details
+    r = got[f"milter:rspamd:redis:localhost:{auth}"]
+    assert r.status is Status.OK and "answers PING" in r.summary, r
+    assert "with a password" in r.details and "s3cret" not in r.details
+
+
+def test_rspamd_dead_or_wrong_parts_are_named(tmp_path, servers):
+    plain, auth, _, other_http = servers
+    dead = free_port()
+    conf = rspamd_conf(tmp_path, f"127.0.0.1:{other_http}",
+                       f'servers = [ "127.0.0.1:{plain}", "127.0.0.1:{auth},127.0.0.1:{dead}" ];\n')
+    got = rspamd_run(postfix_dir(tmp_path, "", non_smtpd=""), conf)
+    c = got[f"milter:rspamd:controller:127.0.0.1:{other_http}"]
+    assert c.status is Status.WARN and "answered 'HTTP/1.0 404 File not found'" in c.summary, c
+    assert got[f"milter:rspamd:redis:127.0.0.1:{plain}"].status is Status.OK
+    a = got[f"milter:rspamd:redis:127.0.0.1:{auth}"]
+    assert a.status is Status.CRIT and a.summary.endswith(
+        "answered '-NOAUTH Authentication required.' to PING"), a
+    d = got[f"milter:rspamd:redis:127.0.0.1:{dead}"]
+    assert d.status is Status.CRIT and "Connection refused" in d.summary
+    assert "local.d/redis.conf" in d.remedy
+    # a wrong password is said as such
+    (tmp_path / "rspamd/local.d/redis.conf").write_text(
+        f'servers = "127.0.0.1:{auth}";\npassword = "wrong";\n')
+    got = rspamd_run(postfix_dir(tmp_path, "", non_smtpd=""), conf)
+    a = got[f"milter:rspamd:redis:127.0.0.1:{auth}"]
+    assert a.status is Status.CRIT and "refused the configured password: -WRONGPASS" in \
+        a.summary, a
+
+
+def test_rspamd_defaults_when_its_config_names_nothing(tmp_path):
+    d = tmp_path / "rspamd"
+    d.mkdir()
+    got = rspamd_run(postfix_dir(tmp_path, "", non_smtpd=""), str(d))
+    assert {"milter:rspamd:controller:localhost:11334", "milter:rspamd:redis:localhost:6379"} \
+        <= set(got)
