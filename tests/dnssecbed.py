@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,16 +69,20 @@ def ds_lines(directory: Path, origin: str) -> str:
 
 
 @contextmanager
-def validating_resolver(directory: Path, forward_to: int, zone: str, anchor: str,
-                        startup: float = 20.0) -> Iterator[tuple[str, int]]:
-    """A recursive, validating named forwarding ``zone`` to 127.0.0.1:forward_to and trusting
-    ``anchor`` (a ksk_anchor() line); yields (host, port) once it answers."""
+def validating_resolver(directory: Path, forward_to: int, zone: str | Sequence[str],
+                        anchor: str, startup: float = 20.0, port: int = 0
+                        ) -> Iterator[tuple[str, int]]:
+    """A recursive, validating named forwarding ``zone`` (or several) to
+    127.0.0.1:forward_to and trusting ``anchor`` (a ksk_anchor() line), on ``port`` (0: a
+    free one); yields (host, port) once it answers for the first zone."""
+    zones = [zone] if isinstance(zone, str) else list(zone)
+    zone = zones[0]
     binary = named_binary()
     if binary is None:
         raise RuntimeError("named is not installed")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     conf = d / "named.conf"
     conf.write_text(f"""options {{
     directory "{d}";
@@ -93,8 +97,8 @@ def validating_resolver(directory: Path, forward_to: int, zone: str, anchor: str
 }};
 trust-anchors {{ {anchor} }};
 controls {{ }};
-zone "{zone}" {{ type forward; forward only; forwarders {{ 127.0.0.1 port {forward_to}; }}; }};
-""")
+""" + "".join(f'zone "{z}" {{ type forward; forward only; forwarders {{ 127.0.0.1 port '
+                 f'{forward_to}; }}; }};\n' for z in zones))
     user = ["-u", "root"] if os.geteuid() == 0 else []
     log = (d / "named.log").open("w")
     proc = subprocess.Popen([binary, "-c", str(conf), "-g", *user], stdout=log,

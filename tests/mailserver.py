@@ -100,7 +100,7 @@ class MailServer:
     def __init__(self, maildir_parent: Path, *, mode: str = "plain", cert: Path | None = None,
                  key: Path | None = None, auth: dict[str, str] | None = None, port: int = 0,
                  require_starttls: bool = True, auth_require_tls: bool = True,
-                 refuse: tuple[str, ...] = ()) -> None:
+                 refuse: tuple[str, ...] = (), host: str = "127.0.0.1") -> None:
         if mode not in ("plain", "starttls", "smtps"):
             raise ValueError(f"mode {mode!r}")
         spool = Path(maildir_parent) / f"mail-{secrets.token_hex(4)}"
@@ -125,7 +125,7 @@ class MailServer:
             port = free_port()  # aiosmtpd's Controller has no "any port" (0 breaks its self-test)
         self.port = port
         self._controller: Controller | None = Controller(
-            self.handler, hostname="127.0.0.1", port=port, ready_timeout=10,
+            self.handler, hostname=host, port=port, ready_timeout=10,
             server_hostname="mx.test", **kwargs)
         self._controller.start()
 
