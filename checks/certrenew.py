@@ -2,7 +2,8 @@
 ``live/<name>/cert.pem``) are renewed by something (a systemd timer or a cron entry), the
 certificate on disk is not close to expiry (certbot renews 30 days ahead: less means renewal
 has been failing), and each service serving a lineage serves the certificate on disk — a
-served certificate older than the file is the daemon not reloaded after the renewal."""
+served certificate older than the file is the daemon not reloaded after the renewal. httpd's
+mod_md domains are judged from its config and md's store (checks/mdrenew.py)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ class CertRenewOptions(CheckOptions):
     served: Mapping[str, Any] | None = option(
         None, table(TEXT, listing(TEXT)), 'lineage = ["host:port", ...]: where the '
         "certificate of each certbot lineage is served (STARTTLS on 25, 587, 143, 110)")
+    httpd_conf: str = option("/etc/httpd/conf/httpd.conf", TEXT, "httpd's main config, "
+                             "read (with its Includes) for mod_md's MDomain, "
+                             "MDCertificateAgreement and MDStoreDir")
+    md_activate_hours: float = option(24.0, number(0, 24 * 365), "hours a renewed mod_md "
+                                      "certificate may wait in staging for httpd's restart")
     renew_warn_days: float = option(25.0, number(0, 365), "days left on a certificate on "
                                     "disk that mean renewal is failing (certbot renews at 30)")
     renew_crit_days: float = option(7.0, number(0, 365), "days left: CRIT")
@@ -85,12 +91,12 @@ class CertRenewCheck(Check):
         o = self.options
         base = env.sysroot / o.certbot_dir.lstrip("/")
         confs = sorted((base / "renewal").glob("*.conf"))[:100]
-        if not confs:
-            return []  # certbot not used here
-        results = [self._renewer(env)]
+        results = [self._renewer(env)] if confs else []  # none: certbot not used here
         for conf in confs:
             results += self._lineage(conf.stem, base)
-        return results
+        from checks.mdrenew import md_results
+
+        return results + md_results(self, env.sysroot / o.httpd_conf.lstrip("/"), env.sysroot)
 
     def _renewer(self, env: Env) -> Result:
         for unit in TIMERS:
@@ -140,8 +146,9 @@ class CertRenewCheck(Check):
             out.append(self._served(name, endpoint, start, fp))
         return out
 
-    def _served(self, name: str, endpoint: str, disk_start: float, disk_fp: str) -> Result:
-        target = f"{name}:{endpoint}"
+    def _served(self, name: str, endpoint: str, disk_start: float, disk_fp: str,
+                target: str = "") -> Result:
+        target = target or f"{name}:{endpoint}"
         try:
             s_start, _, s_fp = _x509(served_pem(endpoint, self.options.tls_timeout),
                                      self.options.tls_timeout)
@@ -157,8 +164,9 @@ class CertRenewCheck(Check):
                                f"{when}) than the renewed one on disk: the daemon was not "
                                "reloaded", target=target,
                                remedy="reload the service (systemctl reload postfix/dovecot/"
-                               "httpd) and add it to certbot's deploy hook "
-                               f"(renew_hook in renewal/{name}.conf)")
+                               "httpd) and " + ("have MDNotifyCmd reload it after each "
+                               "renewal" if target.startswith("md:") else "add it to "
+                               f"certbot's deploy hook (renew_hook in renewal/{name}.conf)"))
         return self.result(Status.WARN, f"{endpoint} serves another certificate (issued "
                            f"{when}) than lineage {name}", target=target,
                            remedy=f"point the service at {name}'s live/ files, or fix "

@@ -1,8 +1,11 @@
 """The certrenew check on a certbot tree of real certificates from a test CA, with HTTPS servers
-on loopback serving the renewed certificate or the one from before the renewal."""
+on loopback serving the renewed certificate or the one from before the renewal; httpd's mod_md
+from an httpd config tree and an md store in mod_md's own file formats (md.json, job.json)."""
 
 from __future__ import annotations
 
+import email.utils
+import json
 import shutil
 import time
 
@@ -78,3 +81,115 @@ def test_failing_renewal_and_nothing_renewing(tmp_path, certs):
 
 def test_no_certbot_yields_nothing(tmp_path):
     assert run(tmp_path) == {}
+
+
+# --- httpd's mod_md ------------------------------------------------------------------------
+
+def md_json(name: str, domains: list, state: int) -> str:
+    """md.json as mod_md 2.4 writes it (md_to_json)."""
+    return json.dumps({
+        "name": name, "domains": domains, "contacts": ["mailto:admin@example.test"],
+        "transitive": 1, "ca": {"proto": "ACME", "urls": [
+            "https://acme-v02.api.letsencrypt.org/directory"], "agreement": "accepted"},
+        "state": state, "renew-mode": 1, "renew-window": "33%", "warn-window": "10%",
+        "must-staple": False, "stapling": False}, indent=2)
+
+
+def job_json(name: str, *, finished: bool, errors: int = 0, status: int = 0,
+             last_run: float | None = None, problem: str = "", detail: str = "") -> str:
+    """staging/<name>/job.json as mod_md's job_to_json writes it (RFC 822 times)."""
+    last_run = time.time() - 600 if last_run is None else last_run
+    job = {"name": name, "finished": finished, "notified": False, "notified-renewed": False,
+           "last-run": email.utils.formatdate(last_run, usegmt=True),
+           "next-run": email.utils.formatdate(last_run + 3600, usegmt=True),
+           "errors": errors, "last": {"status": status, "problem": problem,
+                                      "detail": detail, "activity": "renewing"},
+           "log": {"entries": []}}
+    return json.dumps(job, indent=2)
+
+
+def httpd_tree(tmp_path, certs, conf: str, store: dict):
+    root = tmp_path / "root"
+    (root / "etc/httpd/conf").mkdir(parents=True)
+    (root / "etc/httpd/conf.d").mkdir()
+    (root / "etc/httpd/conf/httpd.conf").write_text(
+        'ServerRoot "/etc/httpd"\nListen 80\nIncludeOptional conf.d/*.conf\n')
+    (root / "etc/httpd/conf.d/md.conf").write_text(conf)
+    md = root / "var/lib/httpd/md"
+    for name, (state, cert, job) in store.items():
+        (md / "domains" / name).mkdir(parents=True)
+        (md / "domains" / name / "md.json").write_text(md_json(name, [name], state))
+        if cert:
+            shutil.copy(certs[cert][0], md / "domains" / name / "pubcert.pem")
+        if job:
+            (md / "staging" / name).mkdir(parents=True)
+            (md / "staging" / name / "job.json").write_text(job)
+    return root
+
+
+MD_CONF = """# mod_md
+MDCertificateAgreement accepted
+MDContactEmail admin@example.test
+MDomain good.test www.good.test
+<MDomain failing.test>
+    MDRenewMode auto
+</MDomain>
+MDomain staged.test
+MDomain soon.test
+MDomain fresh.test
+"""
+
+
+def test_mod_md_domains_are_judged_from_config_and_store(tmp_path, certs):
+    root = httpd_tree(tmp_path, certs, MD_CONF, {
+        "good.test": (2, "new", None),
+        "failing.test": (2, "soon", job_json(
+            "failing.test", finished=False, errors=3, status=70008,
+            problem="urn:ietf:params:acme:error:dns",
+            detail="DNS problem: NXDOMAIN looking up A for failing.test")),
+        "staged.test": (2, "new", job_json("staged.test", finished=True,
+                                           last_run=time.time() - 30 * 3600)),
+        "soon.test": (2, "verysoon", None),
+    })
+    with WebServer({}, cert=certs["old"][0], key=certs["old"][1]) as stale:
+        r = run(root, served={"good.test": [f"localhost:{stale.port}"]})
+    assert "certrenew:renewer" not in r  # no certbot here
+    good = r["certrenew:md:good.test"]
+    assert good.status is Status.OK and good.summary == ("mod_md domain good.test: complete, "
+                                                         "valid 90 more days"), good
+    assert "MDomain good.test www.good.test" in good.details
+    assert "MDCertificateAgreement accepted" in good.details
+    served = r[f"certrenew:md:good.test:localhost:{stale.port}"]
+    assert served.status is Status.CRIT and "the daemon was not reloaded" in served.summary
+    assert "MDNotifyCmd" in served.remedy
+    failing = r["certrenew:md:failing.test"]
+    assert failing.status is Status.WARN and failing.summary == (
+        "mod_md domain failing.test: the last renewal attempt failed (3 error run(s)): "
+        "urn:ietf:params:acme:error:dns DNS problem: NXDOMAIN looking up A for failing.test")
+    assert "staging/failing.test/job.json; it retries at" in failing.remedy
+    staged = r["certrenew:md:staged.test"]
+    assert staged.status is Status.WARN and "waited 30 h in staging: httpd was not " \
+        "restarted" in staged.summary, staged
+    assert r["certrenew:md:soon.test"].status is Status.CRIT
+    assert "renewal is failing" in r["certrenew:md:soon.test"].summary
+    fresh = r["certrenew:md:fresh.test"]
+    assert fresh.status is Status.WARN and "configured but not in md's store" in fresh.summary
+
+
+def test_mod_md_without_the_terms_agreed_is_critical(tmp_path, certs):
+    root = httpd_tree(tmp_path, certs, "MDomain new.test\n", {"new.test": (5, None, None)})
+    [r] = run(root).values()
+    assert r.status is Status.CRIT and "terms of service are not agreed" in r.summary
+    assert "MDCertificateAgreement accepted" in r.remedy
+    assert "state 5 (missing information" in r.details
+
+
+def test_mod_md_store_dir_from_the_config_is_used(tmp_path, certs):
+    root = httpd_tree(tmp_path, certs, "MDCertificateAgreement accepted\nMDStoreDir state/md\n"
+                      "MDomain good.test\n", {})
+    (root / "etc/httpd/state/md/domains/good.test").mkdir(parents=True)
+    (root / "etc/httpd/state/md/domains/good.test/md.json").write_text(
+        md_json("good.test", ["good.test"], 2))
+    shutil.copy(certs["new"][0], root / "etc/httpd/state/md/domains/good.test/pubcert.pem")
+    [r] = run(root).values()
+    assert r.status is Status.OK and "etc/httpd/state/md/domains/good.test" in r.details
