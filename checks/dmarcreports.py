@@ -234,7 +234,7 @@ def _seen(state_dir: Path, key: str, ips: Iterable[str] | None = None) -> set[st
     path = state_dir / STATE_FILE
     try:
         data = json.loads(path.read_text()[:4 * 1024 * 1024])
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         data = {}
     data = data if isinstance(data, dict) else {}
     entry = data.get(key)

@@ -72,7 +72,7 @@ def _json(path: Path) -> dict[str, Any] | None:
     try:
         with path.open("rb") as f:
             data = json.loads(f.read(MAX_JSON))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # nesting bombs raise RecursionError
         return None
     return data if isinstance(data, dict) else None
 
@@ -133,6 +133,11 @@ def _one(check: CertRenewCheck, name: str, domains: list[str], store: Path | Non
     target = f"md:{name}"
     agreement = settings.get("mdcertificateagreement", "")
     md = _json(store / "domains" / name / "md.json") if store else None
+    if store is not None and md is None and (store / "domains" / name / "md.json").exists():
+        return [check.result(Status.CRIT, f"mod_md domain {name}: {store}/domains/{name}/"
+                             "md.json is not a JSON object (broken or over 1 MB)",
+                             target=target, remedy="see httpd's error_log for mod_md; "
+                             "move the broken md.json aside and reload httpd")]
     if store is None or md is None:
         return [check.result(Status.WARN, f"mod_md domain {name} is configured but not in "
                              f"md's store ({store or 'no store found'})", target=target,

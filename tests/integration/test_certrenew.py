@@ -193,3 +193,18 @@ def test_mod_md_store_dir_from_the_config_is_used(tmp_path, certs):
     shutil.copy(certs["new"][0], root / "etc/httpd/state/md/domains/good.test/pubcert.pem")
     [r] = run(root).values()
     assert r.status is Status.OK and "etc/httpd/state/md/domains/good.test" in r.details
+
+
+def test_hostile_md_store_files_give_a_clear_result(tmp_path, certs):
+    root = httpd_tree(tmp_path, certs, "MDCertificateAgreement accepted\nMDomain a.test\n"
+                      "MDomain b.test\n", {"a.test": (2, "new", "[1, 2]"),
+                                           "b.test": (2, "new", None)})
+    md = root / "var/lib/httpd/md/domains/b.test/md.json"
+    md.write_text('{"state": ' + "[" * 100000 + "]" * 100000 + "}")
+    job = root / "var/lib/httpd/md/staging/a.test/job.json"
+    job.write_text(json.dumps({"errors": "many", "last": [1], "finished": "yes",
+                               "last-run": 42, "next-run": "not a date"}))
+    r = run(root)
+    assert r["certrenew:md:a.test"].status is Status.OK, r["certrenew:md:a.test"]
+    b = r["certrenew:md:b.test"]
+    assert b.status is Status.CRIT and "is not a JSON object" in b.summary
