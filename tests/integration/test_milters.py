@@ -282,7 +282,8 @@ def servers():
                    http.server.ThreadingHTTPServer(("127.0.0.1", 0),
                                                    http.server.SimpleHTTPRequestHandler)):
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
         started.append(server)
     yield [s.server_address[1] for s in started]
     for s in started:
