@@ -133,6 +133,8 @@ class MilterCheck(Check):
         o = self.options
         names = ["smtpd_milters", "non_smtpd_milters", "milter_default_action",
                  "queue_directory"]
+        if o.postfix_config_dir is None and not (env.sysroot / "etc/postfix/main.cf").exists():
+            return self._rspamd(env)  # no Postfix configured here: rspamd's parts at most
         try:
             values = dict(zip(names, self._postconf(env, names)))
             # $name references (non_smtpd_milters = $smtpd_milters): expanded here, since
@@ -141,8 +143,6 @@ class MilterCheck(Check):
             if refs:
                 values.update(zip(refs, self._postconf(env, refs[:16])))
         except CommandError as e:
-            if o.postfix_config_dir is None and not (env.sysroot / "etc/postfix").exists():
-                return self._rspamd(env)  # no Postfix here: rspamd's parts at most
             return [self.result(Status.UNKNOWN, f"postconf failed: {e}"[:300],
                                 remedy="check the Postfix installation (postconf -n)")]
         smtpd, non_smtpd, default, queue = (_expand(values[n], values) for n in names)

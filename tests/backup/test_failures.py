@@ -246,7 +246,7 @@ post_hooks = [["{sh}", "-c", "echo post >> {log}"]]
     (["list", "--target", "{target}"], "[checks.disk]\nbogus = 1\n",
      "checks.disk.bogus: unknown key (accepted: enabled,"),
     (["list", "--target", "{target}"], "[checks.nosuch]\nx = 1\n",
-     "checks.nosuch: unknown check (accepted: audit, disk,"),
+     "checks.nosuch: unknown check (accepted: audit, certrenew, disk,"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path: Path, target: Path, args: list[str], config: str,
                                     message: str) -> None:

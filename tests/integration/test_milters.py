@@ -179,6 +179,13 @@ def test_no_milters_is_said(tmp_path):
     assert one.status is Status.OK and one.summary == "no milters configured in Postfix"
 
 
+def test_postfix_installed_but_not_configured_yields_nothing(tmp_path):
+    (tmp_path / "etc/postfix").mkdir(parents=True)  # the package's directory, no main.cf
+    env = Env(Config("<test>"), sysroot=tmp_path)
+    [check] = MilterCheck.instances(MilterOptions(), env)
+    assert list(check.run(env)) == []
+
+
 def _tables(tmp_path, signing: str, kind: str = "refile", mode: int = 0o600):
     d = tmp_path / "dkim"
     d.mkdir()

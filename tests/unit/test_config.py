@@ -23,7 +23,7 @@ BAD = [
     ("[chekcs.disk]\n",
      r"chekcs: unknown table \(accepted: checks, restart, notify, backup, patch, usb\)"),
     ("[checks.dsk]\nwarn = '80'\n",
-     r"checks\.dsk: unknown check \(accepted: audit, disk, .*load, .*memory, "),
+     r"checks\.dsk: unknown check \(accepted: audit, certrenew, disk, .*load, .*memory, "),
     ("[checks.disk]\nwran = '80'\n",
      r"checks\.disk\.wran: unknown key \(accepted: enabled, timeout, interval, tolerance, "
      r"depends_on, warn, crit"),
