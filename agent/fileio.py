@@ -1,9 +1,14 @@
-"""Writing files so that a reader never sees half of one: temp file, fsync, rename."""
+"""Writing files so that a reader never sees half of one (temp file, fsync, rename), and the
+one exclusive lock with a timeout that every writer shares."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -34,3 +39,40 @@ def fsync_dir(path: Path) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+class Locked(Exception):
+    """Another process holds the lock (``holder``: what it wrote into the lock file, if any)."""
+
+    def __init__(self, path: str, holder: str = "") -> None:
+        self.path, self.holder = path, holder
+        super().__init__(f"{path} is locked{f' by {holder}' if holder else ''}")
+
+
+@contextlib.contextmanager
+def flocked(path: str | os.PathLike[str], timeout: float | None = 0.0, *, create: bool = True,
+            note_pid: bool = False) -> Iterator[int]:
+    """An exclusive BSD lock on ``path`` for the block, its descriptor yielded. Waits up to
+    ``timeout`` seconds (0: not at all; None: for ever), then raises Locked. ``create`` makes
+    a lock file (mode 0600); a device node is opened read-only. ``note_pid`` writes this
+    process's pid into the file for the next one's Locked.holder."""
+    flags = (os.O_RDWR | os.O_CREAT if create else os.O_RDONLY) | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if deadline is None or time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() \
+                        if create else ""
+                    raise Locked(os.fspath(path), holder) from None
+                time.sleep(0.1)
+        if note_pid:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield fd
+    finally:
+        os.close(fd)

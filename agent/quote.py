@@ -41,3 +41,12 @@ def scrub(message: str, value: Any) -> str:
         if isinstance(item, str) and len(item) > LIMIT and item in message:
             message = message.replace(item, quote(item)[1:])
     return message
+
+
+def human_bytes(n: float) -> str:
+    """A size in binary units: "512 B", "1.5 GiB" (the one byte formatter of every module)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

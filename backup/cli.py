@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from agent.config.backup import BackupOptions
 from agent.errors import UsageError
+from backup.summary import committed_lines
 
 if TYPE_CHECKING:
     from agent.env import Env
-    from backup.create import Outcome
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -113,23 +113,6 @@ def _source(args: argparse.Namespace) -> str:
     if args.jobs is not None and not 1 <= args.jobs <= 64:
         raise UsageError(f"--jobs {args.jobs}: accepted 1 to 64")
     return os.path.realpath(str(args.source))
-
-
-def committed_lines(out: Outcome, target: Path, keep: int) -> list[str]:
-    """What a committed generation is, for stdout and the USB report."""
-    from backup.progress import human
-
-    t = out.manifest["totals"]
-    segs = len(out.manifest["segments"])
-    lines = [f"generation {out.generation.id} committed in {target}: {t['entries']} entries, "
-             f"{human(t['bytes'])} -> {human(t['stored'])} (written {human(t['written'])}, "
-             f"{t['reused_segments']} of {segs} archives reused), "
-             f"{out.manifest['seconds']:.1f} s, read back and verified"]
-    if out.manifest["warnings"]:
-        lines.append(f"{len(out.manifest['warnings'])} warnings (see manifest.json), first: "
-                     f"{out.manifest['warnings'][0]}")
-    lines += [f"deleted generation {gen} ([backup] keep = {keep})" for gen in out.dropped]
-    return lines
 
 
 def _create(args: argparse.Namespace, opts: BackupOptions, target: Path) -> int:

@@ -7,13 +7,9 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from agent.quote import human_bytes
 
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+human = human_bytes  # the name backup's and usbimage's modules use
 
 
 def clock(seconds: float) -> str:

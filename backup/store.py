@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.fileio import fsync_dir, write_atomic
+from agent.fileio import Locked, flocked, fsync_dir, write_atomic
 
 GEN_ID = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 
@@ -101,19 +100,12 @@ class Store:
     def locked(self) -> Iterator[None]:
         """One writer per target; a second backup is refused, not queued."""
         self.check()
-        fd = os.open(self.target / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                raise StoreError(f"another backup (pid {holder}) is writing to "
-                                 f"{self.target}") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            yield
-        finally:
-            os.close(fd)
+            with flocked(self.target / ".lock", note_pid=True):
+                yield
+        except Locked as e:
+            raise StoreError(f"another backup (pid {e.holder or '?'}) is writing to "
+                             f"{self.target}") from None
 
     def clean_partial(self) -> list[str]:
         """Remove what an interrupted run left (call with the lock held)."""

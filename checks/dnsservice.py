@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import dns.message
 
-from agent.config.schema import TEXT, CheckOptions, Parser, choice, listing, number, option
+from agent.config.schema import TEXT, CheckOptions, Parser, choice, listing, number, option, string
 from agent.env import Env
 from agent.model import Check, Metric, Result, Status
 from agent.system.commands import CommandError
@@ -58,11 +58,6 @@ def parse_server(text: str) -> tuple[str, int]:
             from None
 
 
-def _server(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError("not a string")
-    parse_server(v)
-    return v
 
 
 def _zone(v: Any) -> str:
@@ -81,7 +76,7 @@ def _zone(v: Any) -> str:
 class DnsServiceOptions(CheckOptions):
     interval: float = option(60.0, number(1, 86400), "seconds between runs under steward run "
                              "(named is watched by its unit too)")
-    server: str = option("127.0.0.1", Parser(_server, '"ip", "ip:port" or "[ipv6]:port"'),
+    server: str = option("127.0.0.1", string('"ip", "ip:port" or "[ipv6]:port"', parse_server),
                          "the name server to ask (port 53 unless given)")
     zones: tuple[str, ...] | None = option(
         None, listing(Parser(_zone, "a zone name")),

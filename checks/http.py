@@ -22,6 +22,7 @@ from agent.config.schema import (
     RANGE,
     REGEX,
     TEXT,
+    UNIT_OR_NONE,
     CheckOptions,
     Parser,
     listing,
@@ -67,10 +68,6 @@ def _statuses(v: Any) -> tuple[int, ...]:
 
 
 
-def _unit_or_none(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError("not a string")
-    return v
 
 
 URL = Parser(_url, "an http:// or https:// URL")
@@ -100,7 +97,7 @@ class HttpOptions(CheckOptions):
     expiry_crit: Range | None = option(EXPIRY_CRIT, RANGE, "certificate days left")
     unit: str = option("httpd", TEXT, "the unit that serves local (loopback) URLs")
     units: Mapping[str, str] | None = option(
-        None, table(URL, Parser(_unit_or_none, 'a systemd unit, or "" for none')),
+        None, table(URL, UNIT_OR_NONE),
         "local URLs are linked to `unit`, others to none. A linked URL failing while its "
         "unit runs gets the unit restarted")
     request_timeout: float = option(10.0, number(0.01, 600),

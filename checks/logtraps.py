@@ -9,7 +9,6 @@ appliance mailed such a trap at most every 900 s per keyword.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import re
@@ -22,7 +21,7 @@ from typing import Any
 
 from agent.config.schema import REGEX, CheckOptions, Parser, number, option, table
 from agent.env import Env
-from agent.fileio import write_atomic
+from agent.fileio import flocked, write_atomic
 from agent.model import Check, Metric, Result, Status
 from agent.quote import quote
 from agent.system.commands import CommandError
@@ -221,8 +220,7 @@ def _state(state_dir: Path, name: str, entry: dict[str, Any] | None = None) -> A
     file and may run at once: a lock serialises each read-modify-write."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = state_dir / STATE_FILE
-    with open(state_dir / (STATE_FILE + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with flocked(state_dir / (STATE_FILE + ".lock"), timeout=None):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):  # none or unreadable: start at the ends, as at first

@@ -8,9 +8,8 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
 
-from agent.config.schema import RANGE, TEXT, CheckOptions, Parser, listing, number, option, table
+from agent.config.schema import RANGE, TEXT, CheckOptions, listing, number, option, string, table
 from agent.env import Env
 from agent.model import Check, Metric, Result, Status
 from agent.ranges import Range, judge
@@ -35,20 +34,15 @@ def split_target(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _target(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError("not a string")
-    split_target(v)
-    return v
 
 
 @dataclass(frozen=True)
 class PortOptions(CheckOptions):
     targets: tuple[str, ...] | None = option(
-        None, listing(Parser(_target, '"host:port" or "[ipv6]:port"')),
+        None, listing(string('"host:port" or "[ipv6]:port"', split_target)),
         "the default ports of the watched services are checked")
     units: Mapping[str, str] | None = option(
-        None, table(Parser(_target, '"host:port"'), TEXT),
+        None, table(string('"host:port"', split_target), TEXT),
         "unset with targets unset: each default port is linked to its service. A linked "
         "port failing while its unit runs gets the unit restarted")
     connect_timeout: float = option(3.0, number(0.01, 600), "seconds to wait for the connection")

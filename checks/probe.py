@@ -18,11 +18,12 @@ from typing import Any, ClassVar
 from agent.config.schema import (
     RANGE,
     TEXT,
+    UNIT_OR_NONE,
     CheckOptions,
-    Parser,
     listing,
     number,
     option,
+    string,
     table,
 )
 from agent.env import Env
@@ -52,23 +53,13 @@ class ProtocolError(Exception):
     """The server said something other than what the protocol expects at this point."""
 
 
-def _target(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError("not a string")
-    split_target(v)
-    return v
 
 
-def _unit_or_none(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError("not a string")
-    return v
 
 
-TARGET = Parser(_target, '"host:port"')
-TARGETS = listing(Parser(_target, '"host:port" or "[ipv6]:port"'))
-UNIT_LINKS = table(TARGET,
-                   Parser(_unit_or_none, 'a systemd unit, or "" for none'))
+TARGET = string('"host:port"', split_target)
+TARGETS = listing(string('"host:port" or "[ipv6]:port"', split_target))
+UNIT_LINKS = table(TARGET, UNIT_OR_NONE)
 
 
 def is_local(host: str) -> bool:
@@ -89,7 +80,7 @@ class ProbeOptions(CheckOptions):
     targets: tuple[str, ...] | None = option(
         None, TARGETS, "the service's default port on localhost when its unit runs here")
     modes: Mapping[str, str] | None = option(
-        None, table(Parser(_target, '"host:port"'), TEXT),
+        None, table(TARGET, TEXT),
         "by port: implicit TLS on the TLS ports (465, 993, 995), STARTTLS elsewhere")
     unit: str = option("", TEXT, "the unit that serves local (loopback) targets")
     units: Mapping[str, str] | None = option(

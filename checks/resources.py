@@ -14,19 +14,12 @@ import psutil
 from agent.config.schema import GLOBS, RANGE, TEXT, CheckOptions, Parser, listing, option
 from agent.env import Env
 from agent.model import Check, Metric, Result, Status
+from agent.quote import human_bytes
 from agent.ranges import Range, judge
 
 # Read-only media and images are always 100 % full; network filesystems are not ours.
 SKIP_FSTYPES = frozenset({"squashfs", "iso9660", "udf", "nfs", "nfs4", "cifs", "smb3",
                           "fuse.sshfs", "ceph", "glusterfs", "9p"})
-
-
-def gib(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def percent_metric(name: str, value: float, warn: Range, crit: Range) -> Metric:
@@ -88,7 +81,7 @@ class DiskCheck(Check):
         used = 100.0 * used_blocks / denom if denom else 0.0
         status = judge(used, o.warn, o.crit)
         metrics = [percent_metric("used", used, o.warn, o.crit), Metric("free", free, "B", min=0)]
-        summary = f"{used:.0f}% used, {gib(free)} free of {gib(size)}"
+        summary = f"{used:.0f}% used, {human_bytes(free)} free of {human_bytes(size)}"
         remedy = [f"see what grew: du -xh --max-depth=2 {mp} | sort -h | tail -20"] * bool(status)
         if st.f_files:  # vfat and btrfs have no fixed inode table
             iused = 100.0 * (st.f_files - st.f_ffree) / st.f_files
@@ -119,7 +112,8 @@ class MemoryCheck(Check):
         used = 100.0 * (vm.total - vm.available) / vm.total
         status = Status(judge(used, self.options.warn, self.options.crit))
         return [self.result(
-            status, f"{used:.0f}% used, {gib(vm.available)} available of {gib(vm.total)}",
+            status, f"{used:.0f}% used, {human_bytes(vm.available)} available of "
+            f"{human_bytes(vm.total)}",
             metrics=(percent_metric("used", used, self.options.warn, self.options.crit),
                      Metric("available", vm.available, "B", min=0, max=vm.total)),
             remedy="" if not status else "largest processes: ps -eo pid,rss,comm --sort=-rss "
@@ -144,7 +138,7 @@ class SwapCheck(Check):
         used = 100.0 * sw.used / sw.total
         status = Status(judge(used, self.options.warn, self.options.crit))
         return [self.result(
-            status, f"{used:.0f}% used, {gib(sw.used)} of {gib(sw.total)}",
+            status, f"{used:.0f}% used, {human_bytes(sw.used)} of {human_bytes(sw.total)}",
             metrics=(percent_metric("used", used, self.options.warn, self.options.crit),),
             remedy="" if not status else "find what is swapped out: grep VmSwap /proc/*/status "
             "| sort -k2 -n | tail")]

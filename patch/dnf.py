@@ -42,6 +42,15 @@ from patch.dnfparse import (
     rpm_lock,
     scriptlet_errors,
 )
+from patch.errors import (
+    DnfError,
+    DnfLocked,
+    DnfNotInstalled,
+    DnfPluginMissing,
+    DnfRepoError,
+    DnfTimeout,
+    DnfTransactionError,
+)
 from patch.reboot import CORE_PACKAGES, RebootHint, core_packages_in, installtime_hint
 from patch.updateinfo import issued_and_reboot
 
@@ -52,51 +61,6 @@ __all__ = ["CORE_PACKAGES", "Advisory", "Change", "Dnf", "DnfError", "DnfLocked"
 log = logging.getLogger(__name__)
 
 LOCKED = 200  # dnf's exit code when exit_on_lock finds the lock taken
-
-
-class DnfError(CommandError):
-    """dnf failed; the base of the more specific errors below."""
-
-
-class DnfNotInstalled(DnfError):
-    pass
-
-
-class DnfTimeout(DnfError):
-    pass
-
-
-class DnfPluginMissing(DnfError):
-    """A dnf-plugins-core command (needs-restarting) is not installed."""
-
-
-class DnfLocked(DnfError):
-    """Another dnf holds dnf's lock, or something holds rpm's transaction lock."""
-
-    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str, reason: str,
-                 pid: int | None) -> None:
-        super().__init__(argv, returncode, stderr, reason)
-        self.pid = pid
-
-
-class DnfRepoError(DnfError):
-    """A repository could not be reached (metadata or packages not downloaded)."""
-
-    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str, reason: str,
-                 repos: Sequence[str] = ()) -> None:
-        super().__init__(argv, returncode, stderr, reason)
-        self.repos = list(repos)
-
-
-class DnfTransactionError(DnfError):
-    """The transaction failed, or ran with a failing scriptlet (which rpm reports as a
-    warning and dnf as "Complete!", exit 0). ``transaction`` is what history recorded (None
-    if nothing was recorded): packages may have changed all the same."""
-
-    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str, reason: str,
-                 transaction: Transaction | None) -> None:
-        super().__init__(argv, returncode, stderr, reason)
-        self.transaction = transaction
 
 
 class Dnf:

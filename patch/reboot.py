@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.system.commands import CommandError, CommandRunner
+from patch.errors import DnfError
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,6 @@ def installtime_hint(runner: CommandRunner, installroot: Path | None,
                      booted: float | None = None) -> RebootHint:
     """A reboot is needed when a core package was installed after ``booted`` (default:
     this boot). Asks ``rpm -q --qf`` (whose exit code counts the names not installed)."""
-    from patch.dnf import DnfError
-
     names = sorted(set(CORE_PACKAGES) | extra_core(installroot or Path("/")))
     argv = ["rpm", "-q", "--qf", "%{NAME}\t%{INSTALLTIME}\n",
             *(["--root", str(installroot)] if installroot else []), *names]

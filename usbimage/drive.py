@@ -9,7 +9,6 @@ nodev,nosuid,noexec, and is synced and unmounted on the way out, also after an e
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import re
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import UsageError
+from agent.fileio import Locked, flocked
 from agent.system.commands import CommandError, CommandRunner
 from backup.layout import which
 from backup.progress import human
@@ -165,17 +165,12 @@ def _tool(name: str) -> str:
 def _exclusive(mount_dir: str, drive: Drive) -> Iterator[None]:
     """One steward job per drive at a time: a second would unmount it under the first."""
     os.makedirs(mount_dir, mode=0o755, exist_ok=True)
-    fd = os.open(os.path.join(mount_dir, f".{drive.uuid}.lock"),
-                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise MountError(f"another steward job is using {drive.device} (a backup still "
-                             "running?); try again when it is done") from None
-        yield
-    finally:
-        os.close(fd)
+        with flocked(os.path.join(mount_dir, f".{drive.uuid}.lock")):
+            yield
+    except Locked:
+        raise MountError(f"another steward job is using {drive.device} (a backup still "
+                         "running?); try again when it is done") from None
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ Refusal policy (one message lists every reason):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import stat
 import time
@@ -22,6 +21,7 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from agent.errors import UsageError
+from agent.fileio import Locked, flocked
 from agent.system.commands import CommandError, CommandRunner
 from backup.layout import which
 from backup.progress import human
@@ -145,21 +145,12 @@ def _locked(path: str, timeout: float = 10.0) -> Iterator[None]:
     """An exclusive BSD lock on the whole disk, as systemd's block device locking convention
     asks: udevd then leaves the disk alone (no re-reading of the partition table, no probing)
     until every step is done."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise FormatError(f"{path} stayed locked by another program "
-                                      f"for {timeout:g} s") from None
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)
+        with flocked(path, timeout, create=False):
+            yield
+    except Locked:
+        raise FormatError(f"{path} stayed locked by another program "
+                          f"for {timeout:g} s") from None
 
 
 def _partition_nodes(disk: str, sysfs_root: str, timeout: float = 15.0) -> list[str]:

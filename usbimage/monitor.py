@@ -17,15 +17,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.config.usb import UsbOptions
-from agent.model import Status
 from agent.policy import Alert
 from agent.system.commands import CommandError, CommandRunner
 from agent.system.systemd import active_units, run_transient
+from usbimage.events import DriveEvent
 
 if TYPE_CHECKING:
     from usbimage.drive import Drive
@@ -70,31 +69,6 @@ def parse_uevent(data: bytes) -> dict[str, str]:
         if sep:
             out[key.decode("ascii", "replace")] = value.decode("utf-8", "replace")
     return out
-
-
-@dataclass(frozen=True)
-class DriveEvent:
-    kind: str  # inserted (notify) | backup-started | backup-not-started | ignored |
-    #            scheduled-no-drive
-    drive: Drive | None
-    summary: str
-    detail: str = ""
-    unit: str = ""
-
-    @property
-    def alert(self) -> bool:
-        """Whether the administrator should hear of it (the rest goes to the journal)."""
-        return self.kind in ("inserted", "backup-not-started", "scheduled-no-drive")
-
-    def to_alert(self, now: float) -> Alert:
-        if self.drive is None:
-            return Alert("usb", "usb:schedule", Status.WARN, self.summary, details=self.detail,
-                         remedy="plug the steward drive in; steward backup create --usb",
-                         since=now)
-        return Alert("usb", f"usb:{self.drive.device}", Status.WARN, self.summary,
-                     details=self.detail,
-                     remedy=f"steward backup create --usb --device {self.drive.device}",
-                     since=now)
 
 
 class DriveMonitor:

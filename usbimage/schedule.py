@@ -16,7 +16,7 @@ from agent.config.patch import parse_schedule
 from agent.fileio import write_atomic
 from agent.system.commands import CommandRunner
 from usbimage.drive import Drive, find_drives
-from usbimage.monitor import DriveEvent
+from usbimage.events import DriveEvent
 
 log = logging.getLogger(__name__)
 STATE = "usb-schedule.json"

@@ -21,6 +21,7 @@ from agent.config.usb import UsbOptions
 from agent.notify.templates import SUBJECT_MAX, build_message
 from agent.system.commands import CommandRunner
 from backup.progress import human
+from backup.summary import committed_lines
 from usbimage.drive import Drive, Mounted, MountError, find_drives, mounted, select
 
 if TYPE_CHECKING:
@@ -72,8 +73,6 @@ class UsbBackup:
         return subject if len(subject) <= SUBJECT_MAX else subject[:SUBJECT_MAX - 1] + "…"
 
     def text(self) -> str:
-        from backup.cli import committed_lines
-
         lines = [f"Backup of {self.source} on {self.host} to the steward drive "
                  f"{self.drive.describe()}", ""]
         if self.outcome is None:

@@ -106,6 +106,23 @@ def _text(v: Any) -> str:
 TEXT = Parser(_text, "a non-empty string")
 
 
+def string(accepted: str, check: Callable[[str], object] | None = None) -> Parser:
+    """A string option kept as written, once ``check`` (which raises ValueError saying why
+    not) accepts it: the one shape of every "host:port", relay, resolver or unit option."""
+
+    def parse(v: Any) -> str:
+        if not isinstance(v, str):
+            raise ValueError("not a string")
+        if check is not None:
+            check(v)
+        return v
+
+    return Parser(parse, accepted)
+
+
+UNIT_OR_NONE = string('a systemd unit, or "" for none')
+
+
 def _range(v: Any) -> Range:
     if isinstance(v, bool) or not isinstance(v, (str, int, float)):
         raise ValueError("not a range")

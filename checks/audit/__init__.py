@@ -91,16 +91,16 @@ class AuditCheck(Check):
                 score_result(findings, self.options.min_score)]
 
     def _in_child(self, env: Env) -> list[Result]:
-        from checks.audit import child
+        from checks.audit import wire
 
         # The child imports steward from where this process found it, however steward was
         # installed or started (a venv, an RPM, a wrapper that extends sys.path).
-        home = str(Path(child.__file__).resolve().parents[2])
+        home = str(Path(__file__).resolve().parents[2])
         done = env.commands.run([sys.executable, "-c", CHILD, home],
-                                input=child.request(str(env.sysroot), self.options),
+                                input=wire.request(str(env.sysroot), self.options),
                                 timeout=max(1.0, self.options.timeout - 1))
         try:
-            return child.results(done.stdout)
+            return wire.results(done.stdout)
         except (ValueError, KeyError, TypeError) as e:
             raise RuntimeError(f"the audit's child process answered no results ({e}): "
                                f"{done.stderr.strip()[-300:]}") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from agent.config.schema import TEXT, CheckOptions, Parser, listing, number, option, table
+from agent.config.schema import TEXT, CheckOptions, Parser, listing, number, option, string, table
 from agent.env import Env
 from agent.model import Check, Result, Status
 from checks.maildns.lookup import Lookup, split_resolver
@@ -33,11 +33,6 @@ def _domain(v: Any) -> str:
     return v.lower().rstrip(".")
 
 
-def _resolver(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError("not a string")
-    split_resolver(v)
-    return v
 
 
 def _ip(v: Any) -> str:
@@ -75,8 +70,8 @@ def _selectors(v: Any) -> Any:
 class MailDnsOptions(CheckOptions):
     domains: tuple[str, ...] = option((), listing(DOMAIN), "mail domains to audit; none: "
                                       "the check yields nothing")
-    resolvers: tuple[str, ...] = option((), listing(Parser(_resolver, '"ip" or "ip:port" or '
-                                                           '"[ipv6]:port"')),
+    resolvers: tuple[str, ...] = option((), listing(string('"ip" or "ip:port" or '
+                                                           '"[ipv6]:port"', split_resolver)),
                                         "resolvers to ask; none: those of /etc/resolv.conf")
     sending_ips: tuple[str, ...] = option((), listing(Parser(_ip, "an IP address")),
                                           "addresses the appliance sends mail from (SPF, PTR "

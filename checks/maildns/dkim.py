@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from checks.maildns.lookup import Invalid
+from checks.maildns.lookup import Invalid, parsed_or_invalid
 
 _TAG = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 RSA_OID = bytes.fromhex("2a864886f70d010101")  # 1.2.840.113549.1.1.1 rsaEncryption
@@ -34,10 +34,7 @@ class DkimRecord:
 
 def parse_dkim(text: str) -> DkimRecord | Invalid:
     """A parsed record, or Invalid saying what is wrong; never raises."""
-    try:
-        return _parse(text)
-    except Exception as e:  # hostile input must not crash the check
-        return Invalid(f"unparsable: {e}")
+    return parsed_or_invalid(_parse, text)
 
 
 def _parse(text: str) -> DkimRecord | Invalid:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from checks.maildns.lookup import Invalid
+from checks.maildns.lookup import Invalid, parsed_or_invalid
 
 POLICIES = ("none", "quarantine", "reject")
 KNOWN = ("v", "p", "sp", "pct", "adkim", "aspf", "rua", "ruf", "fo", "ri", "rf", "np", "psd",
@@ -46,10 +46,7 @@ def _uris(value: str) -> list[str]:
 
 def parse_dmarc(text: str) -> DmarcRecord | Invalid:
     """A parsed record, or Invalid saying what is wrong; never raises."""
-    try:
-        return _parse(text)
-    except Exception as e:  # hostile input must not crash the check
-        return Invalid(f"unparsable: {e}")
+    return parsed_or_invalid(_parse, text)
 
 
 def _parse(text: str) -> DmarcRecord | Invalid:

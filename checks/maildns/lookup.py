@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,15 @@ class Invalid:
 
     def __repr__(self) -> str:
         return f"Invalid({self.reason!r})"
+
+
+def parsed_or_invalid(parse: Callable[[str], T], text: str) -> T | Invalid:
+    """``parse(text)``, or Invalid naming what it raised: a record parser that never raises
+    (hostile input must not crash the check)."""
+    try:
+        return parse(text)
+    except Exception as e:
+        return Invalid(f"unparsable: {e}")
 
 
 def split_resolver(text: str) -> tuple[str, int]:

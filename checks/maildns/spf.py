@@ -7,7 +7,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from checks.maildns.lookup import Invalid, Lookup
+from checks.maildns.lookup import Invalid, Lookup, parsed_or_invalid
 
 MAX_LOOKUPS = 10  # RFC 7208 §4.6.4
 MAX_VOID = 2
@@ -50,10 +50,7 @@ def is_spf(text: str) -> bool:
 
 def parse_spf(text: str) -> SpfRecord | Invalid:
     """A parsed record, or Invalid saying what is wrong; never raises."""
-    try:
-        return _parse(text)
-    except Exception as e:  # hostile input must not crash the check
-        return Invalid(f"unparsable: {e}")
+    return parsed_or_invalid(_parse, text)
 
 
 def _parse(text: str) -> SpfRecord | Invalid:
