@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, daemon_cli
+from agent import __version__, commands, daemon_cli
 from agent.config import BUILTIN, SECTIONS, Config, ConfigError, from_tables, read
 from agent.config.schema import to_toml, toml_key
 from agent.env import DEFAULT_STATE_DIR, Env
@@ -23,11 +23,6 @@ from agent.output import FORMATS
 from agent.registry import Registry, discover
 from agent.runner import Selector, resolve, run_all
 from agent.state import StateDir, StateError
-from backup import cli as backup_cli
-from checks.audit import cli as audit_cli
-from patch import cli as patch_cli
-from usbimage import cli as usb_cli
-from usbimage import restorecli as restore_cli
 
 EXIT_USAGE = 2
 log = logging.getLogger("steward")
@@ -75,11 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "id matches (glob; repeatable)")
 
     daemon_cli.add_parsers(sub, lambda p: _common(p, top=False))
-    backup_cli.add_parsers(sub, lambda p: _common(p, top=False))
-    audit_cli.add_parsers(sub, lambda p: _common(p, top=False))
-    patch_cli.add_parsers(sub, lambda p: _common(p, top=False))
-    usb_cli.add_parsers(sub, lambda p: _common(p, top=False))
-    restore_cli.add_parser(sub, lambda p: _common(p, top=False))
+    for command in _features()[0]:  # each feature's subcommands (steward.commands)
+        command.add_parsers(sub, lambda p: _common(p, top=False))
 
     cfg = sub.add_parser("config", help="validate or show the configuration",
                          description="Validate or show the configuration.")
@@ -152,8 +144,8 @@ def show_config(loaded: Config, resolved: Config) -> str:
              "# (built-in defaults and values discovered on this machine filled in)"]
     tables: list[tuple[str, Any, Any]] = [(f"checks.{n}", o, loaded.checks[n])
                                           for n, o in sorted(resolved.checks.items())]
-    tables += [(path, getattr(resolved, attr), getattr(loaded, attr))
-               for path, (attr, _) in SECTIONS.items()]
+    tables += [(path, resolved.section(cls), loaded.section(cls))
+               for path, cls in SECTIONS.items()]
     for title, opts, before in tables:
         lines.append(f"\n[{title}]")
         for f in dataclasses.fields(opts):
@@ -179,7 +171,7 @@ def default_config(config: Config) -> str:
              "# Uncomment a table's [header] and the keys to change; `steward config check`",
              "# validates the file, `steward config show` prints what is in effect."]
     tables: list[tuple[str, Any]] = [(f"checks.{n}", o) for n, o in sorted(config.checks.items())]
-    tables += [(path, getattr(config, attr)) for path, (attr, _) in SECTIONS.items()]
+    tables += [(path, config.section(cls)) for path, cls in SECTIONS.items()]
     for title, opts in tables:
         lines.append(f"\n#[{title}]")
         for f in dataclasses.fields(opts):
@@ -238,32 +230,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
     return commands.cmd_flush(env.config, env.state_dir)
 
 
-def cmd_backup(args: argparse.Namespace) -> int:
-    _, env = _setup(args, checks=False)
-    return backup_cli.run(args, env.config.backup, env)
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    _, env = _setup(args)
-    return audit_cli.run(args, env, audit_cli.options_of(env))
-
-
-def cmd_patch(args: argparse.Namespace) -> int:
-    registry, env = _setup(args)
-    return patch_cli.run(args, env, registry)
-
-
-def cmd_usb(args: argparse.Namespace) -> int:
-    _, env = _setup(args, checks=False)
-    return usb_cli.run(args, env)
-
-
-def cmd_restore(args: argparse.Namespace) -> int:
-    _, env = _setup(args, checks=False)
-    return restore_cli.run(args, env.commands, mount_dir=env.config.usb.mount_dir)
-
-
-HANDLERS = {
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check": cmd_check,
     "config": cmd_config,
     "run": cmd_run,
@@ -274,12 +241,26 @@ HANDLERS = {
                                                          a.format),
     "reset": lambda a: daemon_cli.cmd_reset(StateDir(_state_dir(a)), a.unit),
     "notify": cmd_notify,
-    "backup": cmd_backup,
-    "audit": cmd_audit,
-    "patch": cmd_patch,
-    "usb": cmd_usb,
-    "restore": cmd_restore,
 }
+
+
+@functools.lru_cache(maxsize=1)
+def _features() -> tuple[list[commands.Command], dict[str, str]]:
+    return commands.load()
+
+
+def handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
+    """The core's commands and those the features add (steward.commands entry points)."""
+    found = dict(HANDLERS)
+    for command in _features()[0]:
+        for name, handler in command.handlers.items():
+            if name not in found:
+                found[name] = _bound(handler)
+    return found
+
+
+def _bound(handler: commands.Handler) -> Callable[[argparse.Namespace], int]:
+    return lambda args: handler(args, _setup)
 
 
 @functools.lru_cache(maxsize=1)
@@ -299,7 +280,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
     logging.basicConfig(level=level, format=stamp + "steward: %(levelname)s %(name)s: "
                         "%(message)s")
-    handler: Callable[[argparse.Namespace], int] = HANDLERS[args.command]
+    for name, reason in _features()[1].items():
+        log.warning("steward.commands plugin %s: %s", name, reason)
+    handler: Callable[[argparse.Namespace], int] = handlers()[args.command]
     try:
         code = handler(args)
     except ConfigError as e:

@@ -1,11 +1,12 @@
-"""The vocabulary every part of steward speaks: Status, Metric, Result, Check and Action."""
+"""The vocabulary every part of steward speaks: Status, Metric, Result and Check (the event
+that leaves the policy for the actions is agent.events.Event)."""
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -123,6 +124,17 @@ class Check(ABC):
     # the discovered services).
     resolve_order: ClassVar[int] = 1
 
+    # A check that judges systemd units by their state (the service check): under steward
+    # run it runs the moment one of ``watched_units()`` changes (systemd's D-Bus signals),
+    # every few seconds when those signals are unavailable, and after every restart. Its
+    # results' ``unit`` is the unit that runs the daemon (a wrapper's member), which the
+    # supervisor then watches and restarts for every result linked to the service's name.
+    follows_units: ClassVar[bool] = False
+
+    def watched_units(self) -> Iterable[str]:
+        """The units whose changes call for a run now (``follows_units`` checks)."""
+        return ()
+
     @classmethod
     def resolve(cls, options: Any, env: Env) -> Any:
         """Options with auto-discovered defaults filled in (``steward config show`` prints
@@ -143,31 +155,3 @@ class Check(ABC):
         """A Result whose id is this check's, or ``name:target`` for another target."""
         rid = self.id if target is None else f"{self.name}:{target}"
         return Result(rid, status, summary, **kw)
-
-
-@dataclass(frozen=True)
-class Transition:
-    """A check moving from one status to another; what actions react to."""
-
-    check: str
-    before: Status | None
-    after: Result
-    since: float
-
-
-@dataclass(frozen=True)
-class ActionOutcome:
-    action: str
-    ok: bool
-    message: str
-    data: Mapping[str, Any] = field(default_factory=dict)
-
-
-class Action(ABC):
-    """Base of action plugins (restart, notify, backup...) registered under ``steward.actions``."""
-
-    name: ClassVar[str] = ""
-
-    @abstractmethod
-    def handle(self, event: Transition, env: Env) -> ActionOutcome:
-        """React to a transition; report what was done."""

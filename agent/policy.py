@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent.config import RestartOptions
+from agent.events import Event
 from agent.model import Result, Status
 
 
@@ -86,17 +87,6 @@ class Maintenance:
 
 
 @dataclass(frozen=True)
-class Alert:
-    kind: str  # problem, recovery, restart, escalation, config
-    check: str
-    status: Status
-    summary: str
-    details: str = ""
-    remedy: str = ""
-    since: float = 0.0
-
-
-@dataclass(frozen=True)
 class Restart:
     unit: str
     check: str  # the result that asked for it
@@ -120,11 +110,11 @@ class Policy:
         self.tolerance = tolerance  # check id -> (N, M)
 
     def evaluate(self, results: Iterable[Result], now: float,
-                 maintenance: Maintenance) -> tuple[list[Alert], list[Restart]]:
+                 maintenance: Maintenance) -> tuple[list[Event], list[Restart]]:
         results = list(results)
         for r in results:
             self._observe(r, now)
-        alerts: list[Alert] = []
+        alerts: list[Event] = []
         restarts: dict[str, Restart] = {}
         for r in results:
             rec = self.memory.checks[r.check]
@@ -133,7 +123,7 @@ class Policy:
                 continue
             if rec.status != rec.alerted:
                 kind = "recovery" if rec.status == "OK" else "problem"
-                alerts.append(Alert(kind, r.check, Status[rec.status], rec.summary, r.details,
+                alerts.append(Event(kind, r.check, Status[rec.status], rec.summary, r.details,
                                     r.remedy, rec.since))
                 rec.alerted = rec.status
             if (self.restart.enabled and r.unit and r.restartable and r.unit not in restarts
@@ -173,7 +163,7 @@ class Policy:
                 return cid
         return ""
 
-    def _restart_or_escalate(self, r: Result, now: float) -> Restart | Alert | None:
+    def _restart_or_escalate(self, r: Result, now: float) -> Restart | Event | None:
         unit = self.memory.units.setdefault(r.unit, UnitRecord())
         if unit.escalated:
             return None
@@ -189,13 +179,13 @@ class Policy:
             return None
         return Restart(r.unit, r.check, r.summary)
 
-    def escalation(self, unit: str, check: str, why: str, now: float) -> Alert:
-        return Alert("escalation", check, Status.CRIT, f"restart did not help: {why}",
+    def escalation(self, unit: str, check: str, why: str, now: float) -> Event:
+        return Event("escalation", check, Status.CRIT, f"restart did not help: {why}",
                      remedy=f"find the cause: journalctl -u {unit} -b -n 100; steward stopped "
                      f"restarting {unit} until it recovers or you run: steward reset {unit}",
                      since=now)
 
-    def restarted(self, restart: Restart, now: float, error: str, action: str) -> list[Alert]:
+    def restarted(self, restart: Restart, now: float, error: str, action: str) -> list[Event]:
         """Record the outcome of a restart the supervisor carried out."""
         unit = self.memory.units.setdefault(restart.unit, UnitRecord())
         if error:
@@ -208,7 +198,7 @@ class Policy:
         unit.next_at = now + max(self.restart.grace,
                                  self.restart.backoff * 2 ** (unit.streak - 1))
         unit.last_action = action
-        return [Alert("restart", restart.check, Status.CRIT,
+        return [Event("restart", restart.check, Status.CRIT,
                       f"steward ran: {action} ({k} of {self.restart.budget} within "
                       f"{_minutes(self.restart.window)})", details=restart.reason, since=now)]
 

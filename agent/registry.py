@@ -1,4 +1,5 @@
-"""The plugin registry: check and action classes declared as entry points, never folder scans.
+"""The plugin registry: check classes declared as entry points, never folder scans (actions:
+agent.notify; sources: agent.sources; commands: agent.commands).
 
 A plugin that fails to load is kept as a failure with its error; the runner turns it into an
 UNKNOWN result, so a broken plugin is never a silent skip.
@@ -6,27 +7,22 @@ UNKNOWN result, so a broken plugin is never a silent skip.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
-import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.model import Action, Check
+from agent.entrypoints import EntryPoint, entry_points
+from agent.model import Check
 
 log = logging.getLogger(__name__)
 
 CHECKS = "steward.checks"
-ACTIONS = "steward.actions"
 
 
 @dataclass
 class Registry:
     checks: dict[str, type[Check]] = field(default_factory=dict)
-    actions: dict[str, type[Action]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)  # "group:name" -> reason
     skipped: set[str] = field(default_factory=set)  # check plugins not loaded on purpose
 
@@ -38,61 +34,6 @@ class Registry:
     @property
     def broken_checks(self) -> frozenset[str]:
         return frozenset(k.split(":", 1)[1] for k in self.failures if k.startswith("check:"))
-
-
-@dataclass(frozen=True)
-class EntryPoint:
-    name: str
-    value: str  # "package.module:Class"
-
-    def load(self) -> Any:
-        module, _, attr = self.value.partition(":")
-        obj: Any = importlib.import_module(module.strip())
-        for part in attr.split("[")[0].strip().split(".") if attr else ():
-            obj = getattr(obj, part)
-        return obj
-
-
-_DIST = re.compile(r"^([^-]+)-.*\.(dist-info|egg-info)$")
-
-
-def _entry_points(group: str) -> list[EntryPoint]:
-    """The group's entry points of the distributions on sys.path, the first copy of each
-    distribution winning (as importlib.metadata does). Read straight from entry_points.txt:
-    importlib.metadata would cost the daemon 4.5 MB of memory (email, zipfile, csv...)."""
-    found: dict[str, EntryPoint] = {}
-    dists: set[str] = set()
-    for base in sys.path:
-        try:
-            entries = sorted(os.scandir(base or "."), key=lambda e: e.name)
-        except OSError:
-            continue
-        for entry in entries:
-            m = _DIST.match(entry.name)
-            if not m or m.group(1).lower().replace("_", "-") in dists:
-                continue
-            dists.add(m.group(1).lower().replace("_", "-"))
-            try:
-                with open(os.path.join(entry.path, "entry_points.txt"), encoding="utf-8") as f:
-                    text = f.read()
-            except OSError:
-                continue
-            for name, value in _group(text, group):
-                found.setdefault(name, EntryPoint(name, value))
-    return sorted(found.values(), key=lambda ep: ep.name)
-
-
-def _group(text: str, group: str) -> list[tuple[str, str]]:
-    """``name = value`` lines of ``[group]`` in an entry_points.txt (an INI file)."""
-    out, current = [], ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("[") and line.endswith("]"):
-            current = line[1:-1].strip()
-        elif current == group and "=" in line and not line.startswith(("#", ";")):
-            name, _, value = line.partition("=")
-            out.append((name.strip(), value.strip()))
-    return out
 
 
 def _load(ep: EntryPoint, base: type[Any], kind: str, reg: Registry) -> type[Any] | None:
@@ -116,15 +57,11 @@ def discover(wanted: Callable[[str], bool] | None = None) -> Registry:
     one-check run need not import every plugin's libraries). The others are listed in
     ``skipped``, so their config tables are still recognised."""
     reg = Registry()
-    for ep in _entry_points(CHECKS):
+    for ep in entry_points(CHECKS):
         if wanted is not None and not wanted(ep.name):
             reg.skipped.add(ep.name)
             continue
         cls = _load(ep, Check, "check", reg)
         if cls is not None:
             reg.checks[ep.name] = cls
-    for ep in _entry_points(ACTIONS):
-        acls = _load(ep, Action, "action", reg)
-        if acls is not None:
-            reg.actions[ep.name] = acls
     return reg

@@ -9,11 +9,11 @@ systemctl being forked every second.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,11 +24,14 @@ from typing import Any, Protocol
 
 from agent.config import Config, ConfigError, load
 from agent.env import Env
+from agent.events import Event
 from agent.model import Check, Result, Status
-from agent.notify import Notifier
-from agent.policy import Alert, Policy, Restart, settle
+from agent.notify import Actions
+from agent.policy import Policy, Restart, settle
 from agent.registry import Registry
 from agent.runner import plan, resolve, run_checks
+from agent.sources import Source, SourceContext, guarded
+from agent.sources import load as load_sources
 from agent.state import StateDir
 from agent.system.commands import CommandError
 from agent.system.sdnotify import SdNotify
@@ -36,7 +39,7 @@ from agent.system.sdnotify import SdNotify
 log = logging.getLogger(__name__)
 
 MAX_SLEEP = 5.0  # requests (steward reset) and maintenance are seen within this
-POLL_WITHOUT_DBUS = 2.0  # the service check's interval when D-Bus signals are unavailable
+POLL_WITHOUT_DBUS = 2.0  # a unit-following check's interval without D-Bus signals
 
 
 class Watcher(Protocol):
@@ -57,12 +60,12 @@ class _Job:
 
 class Supervisor:
     def __init__(self, registry: Registry, env: Env, config_path: Path | None,
-                 notify: Callable[[Config], Notifier], state: StateDir, *,
+                 notify: Callable[[Config], Actions], state: StateDir, *,
                  watcher: Callable[[Callable[[str, str], None]], Watcher] | None = None,
                  sd: SdNotify | None = None) -> None:
         self.registry, self.config_path = registry, config_path
         self.notify, self.state = notify, state
-        self.notifier: Notifier | None = None
+        self.notifier: Actions | None = None
         self.sd = sd or SdNotify()
         self.host = socket.gethostname()
         self._wake = threading.Event()
@@ -73,9 +76,13 @@ class Supervisor:
         self._saved = self.memory.essence()
         self._status_text = ""
         self._last_checks: dict[str, Any] | None = None
-        self.patcher: Any = None  # patch.window.PatchScheduler while [patch] schedule is set
-        self.usb: Any = None  # usbimage.monitor.DriveMonitor: steward drives plugged in
+        self.sources: list[Source] = []  # steward.sources: the patch window, the USB monitor
+        self._source_failures: list[Event] = []
         self._configure(env)
+        self.sources, self._source_failures = load_sources(SourceContext(
+            self.env, self.state.path, config_path, self._wake.set))
+        for source in self.sources:
+            guarded(source, "configure", functools.partial(source.configure, self.env))
         self.watcher = watcher(self._unit_changed) if watcher else None
 
     # -- configuration -----------------------------------------------------------------
@@ -89,36 +96,18 @@ class Supervisor:
         now = time.monotonic()
         self.jobs = [_Job(c, now) for _, c in checks]
         self.early = early  # plugins that failed to load: reported every pass
-        service = self.env.config.checks.get("service")
-        self.watched = set(getattr(service, "units", None) or ())
+        # Units whose changes run the unit-following checks at once (Check.follows_units).
+        self.followers = {j.check.name for j in self.jobs if j.check.follows_units}
+        self.watched = {u for j in self.jobs if j.check.follows_units
+                        for u in j.check.watched_units()}
         # A service whose daemon runs in another unit (Debian's postfix.service, an "active
         # (exited)" wrapper of postfix@-.service; a socket-activated service's .socket): its
-        # name -> the unit that runs the daemon or listens for it, learnt from the service
-        # check's results. That unit is watched and restarted.
+        # name -> the unit that runs the daemon or listens for it, learnt from the
+        # unit-following checks' results. That unit is watched and restarted.
         self.runs_in: dict[str, str] = {}
         self.results: dict[str, Result] = {}  # the latest of each configured check
-        opts = self.env.config.patch
-        if opts.parsed_schedule is None:
-            self.patcher = None
-        elif self.patcher is None or self.patcher.options != opts:  # a reload keeps its draw
-            from patch.window import PatchScheduler  # loads only with a window
-
-            argv = [sys.executable, "-m", "agent", "patch", "apply",
-                    "--state-dir", str(self.state.path)]
-            if self.config_path is not None:
-                argv += ["--config", str(Path(self.config_path).absolute())]
-            self.patcher = PatchScheduler(opts, self.state.path, self.env.commands,
-                                          clock=self.env.clock, argv=argv)
-        if self.usb is None:
-            from usbimage.monitor import DriveMonitor
-
-            argv = [sys.executable, "-m", "agent", "backup", "create", "--usb",
-                    "--state-dir", str(self.state.path)]
-            if self.config_path is not None:
-                argv += ["--config", str(Path(self.config_path).absolute())]
-            self.usb = DriveMonitor(self.env.config.usb, self.env.commands, argv,
-                                    wake=self._wake.set, state_dir=self.state.path)
-        self.usb.options = self.env.config.usb  # a reload changes what an insertion does
+        for source in self.sources:  # a reload: each source reads its part of the config
+            guarded(source, "configure", functools.partial(source.configure, self.env))
 
     def _tolerance(self, check_id: str) -> tuple[int, int]:
         opts = self.env.config.checks.get(check_id.split(":", 1)[0])
@@ -129,7 +118,7 @@ class Supervisor:
             config = load(self.config_path, self.registry.checks, self.registry.broken_checks)
         except ConfigError as e:
             log.error("config reload failed, still running with the previous config: %s", e)
-            self._send([Alert("config", "config", Status.WARN,
+            self._send([Event("config", "config", Status.WARN,
                               "new config rejected; still running with the previous one",
                               details=str(e), remedy="fix it (steward config check), then "
                               "systemctl reload steward", since=time.time())])
@@ -145,9 +134,10 @@ class Supervisor:
         templates = tuple(w for w in self.watched if w.endswith("@"))  # their instances
         if not unit_id or name in watched or unit_id in watched or \
                 (templates and name.startswith(templates)):
-            log.debug("unit %s is now %s: service check runs now", unit_id, active_state)
+            log.debug("unit %s is now %s: %s run now", unit_id, active_state,
+                      ", ".join(sorted(self.followers)))
             with self._lock:
-                self._urgent.add("service")
+                self._urgent |= self.followers
             self._wake.set()
 
     def _signal(self, signum: int, frame: FrameType | None) -> None:
@@ -167,11 +157,12 @@ class Supervisor:
             signal.signal(sig, self._signal)
         if self.watcher:
             self.watcher.start()
-        self.usb.start()
         self._notifier().start()
         log.info("steward run: %d checks, state in %s", len(self.jobs), self.state.path)
         try:
-            self._send(self._after_patch_reboot())
+            self._send(self._source_failures)
+            for source in self.sources:
+                self._send(guarded(source, "start", source.start))
             self.run_pass()
             self.sd.send(ready="1", status=self._status_text)
             while not self._stop:
@@ -188,7 +179,8 @@ class Supervisor:
             self._notifier().stop()
             if self.watcher:
                 self.watcher.stop()
-            self.usb.stop()
+            for source in self.sources:
+                guarded(source, "stop", source.stop)
         log.info("steward run: stopped")
         return 0
 
@@ -198,7 +190,7 @@ class Supervisor:
         return max(0.0, min(nearest - time.monotonic(), limit))
 
     def _interval(self, check: Check) -> float:
-        if check.name == "service" and not (self.watcher and self.watcher.connected):
+        if check.follows_units and not (self.watcher and self.watcher.connected):
             return min(check.options.interval, POLL_WITHOUT_DBUS)
         return check.options.interval
 
@@ -222,69 +214,39 @@ class Supervisor:
             j.next_due = min([after + self._interval(j.check), *j.rechecks])
         results = self._follow(results)
         results += self.early if due else []
+        results += self._notifier().results()  # an action that failed, hangs or is missing
         now = time.time()  # after the checks, which may take up to their timeouts
         self.results.update((r.check, r) for r in results)
         alerts, restarts = self.policy.evaluate(results, now, self.state.maintenance())
         for rs in restarts:
             alerts += self._restart(rs, now)
-        alerts += self._patch_window(now)
-        alerts += self.usb.alerts(now)
+        for source in self.sources:
+            alerts += guarded(source, "tick", functools.partial(source.tick, now))
         self._send(alerts)
-        self._notifier().tick(now, self.memory.checks)
-        self._persist()
+        # a copy: the actions read it in their threads while the next pass changes it
+        self._notifier().tick(now, {k: replace(v) for k, v in self.memory.checks.items()})
+        self._notifier().drain()  # the events are the actions' (a mail on disk) before the
+        self._persist()  # state says they were sent
         self.sd.send(watchdog="1", status=self._status_text)
 
     def _follow(self, results: list[Result]) -> list[Result]:
         """Results linked to a service whose daemon runs in another unit are linked to that
         unit instead (restarting a wrapper that is "active (exited)" restarts nothing, or
         everything); their dependency stays the service the administrator knows."""
+        def following(r: Result) -> bool:
+            return r.check.split(":", 1)[0] in self.followers
+
         for r in results:
-            if r.check.startswith("service:") and r.unit:
+            if following(r) and r.unit and ":" in r.check:
                 name = r.check.split(":", 1)[1]
                 if r.unit != name:
                     self.runs_in[name] = r.unit
                 else:
                     self.runs_in.pop(name, None)
         return [replace(r, unit=self.runs_in[r.unit]) if r.unit in self.runs_in and
-                not r.check.startswith("service:") else r for r in results]
+                not following(r) else r for r in results]
 
-    def _patch_window(self, now: float) -> list[Alert]:
-        """Start ``steward patch apply`` as its own transient unit when the window opens;
-        a window missed or given up is an alert (the apply mails its own report)."""
-        if self.patcher is None:
-            return []
-        try:
-            events = self.patcher.tick()
-        except Exception:  # a broken patch window must not stop supervision
-            log.exception("patch window failed")
-            return []
-        for e in events:
-            log.info("patch window: %s%s", e.summary, f" ({e.detail})" if e.detail else "")
-        return [Alert("patch", "patch:window", Status.CRIT if e.kind == "gave-up" else
-                      Status.WARN, e.summary, details=e.detail,
-                      remedy="journalctl -u 'steward-patch-*'; steward patch apply by hand",
-                      since=now) for e in events if e.alert]
-
-    def _after_patch_reboot(self) -> list[Alert]:
-        """At start: did the reboot a patch run asked for happen? (Health after it is the
-        first pass, whose problems are alerts of their own.)"""
-        if not (self.state.path / "patch" / "reboot.json").exists():
-            return []
-        from patch.rebooting import after_reboot
-
-        try:
-            news = after_reboot(self.state.path)
-        except Exception:
-            log.exception("cannot read the patch reboot marker")
-            return []
-        if news is None:
-            return []
-        return [Alert("patch", "patch:reboot", Status.OK if news.happened else Status.CRIT,
-                      news.summary, remedy="" if news.happened else
-                      "reboot in the next maintenance window: systemctl reboot",
-                      since=time.time())]
-
-    def _restart(self, rs: Restart, now: float) -> list[Alert]:
+    def _restart(self, rs: Restart, now: float) -> list[Event]:
         systemd = self.env.systemd
         try:
             [st] = systemd.show([rs.unit])
@@ -303,21 +265,18 @@ class Supervisor:
         log.warning("%s: %s%s", rs.unit, action, f" failed: {error}" if error else "")
         mono, opts = time.monotonic(), self.env.config.restart
         for j in self.jobs:  # judge the unit again once it has settled and when grace ends
-            if j.check.name == "service" or j.check.id == rs.check:
+            if j.check.follows_units or j.check.id == rs.check:
                 j.rechecks += [mono + settle(opts) + 0.05, mono + opts.grace]
                 j.next_due = min(j.next_due, *j.rechecks)
         return self.policy.restarted(rs, now, error, action)
 
-    def _notifier(self) -> Notifier:
+    def _notifier(self) -> Actions:
         assert self.notifier is not None  # set by _configure in __init__
         return self.notifier
 
-    def _send(self, alerts: list[Alert]) -> None:
-        for a in alerts:
-            try:
-                self._notifier().send(a, self.host)
-            except Exception:  # a broken notifier must not stop supervision
-                log.exception("notifier failed for %s", a.check)
+    def _send(self, alerts: list[Event]) -> None:
+        for a in alerts:  # each action takes them in its own thread (agent.notify)
+            self._notifier().send(a, self.host)
 
     def _persist(self) -> None:
         essence = self.memory.essence()
@@ -349,12 +308,20 @@ class Supervisor:
         watch = "D-Bus signals" if self.watcher and self.watcher.connected else \
             f"polling every {POLL_WITHOUT_DBUS:g} s" + (
                 f" ({self.watcher.error})" if self.watcher and self.watcher.error else "")
-        patch = self.patcher.status() if self.patcher is not None else {"schedule": None}
-        return {"pid": os.getpid(), "config": self.env.config.source, "watch": watch,
-                "patch": patch,
-                "maintenance": {"until": maint.until, "units": maint.units,
-                                "active": maint.active(now)},
-                "checks": checks, "units": units}
+        found: dict[str, Any] = {"pid": os.getpid(), "config": self.env.config.source,
+                                 "watch": watch}
+        for source in self.sources:  # e.g. "patch": the next window
+            try:
+                part = source.status()
+            except Exception:  # a broken source must not stop supervision
+                log.exception("source %s: status failed", source.name)
+                continue
+            if part is not None:
+                found[source.name] = dict(part)
+        found.update({"maintenance": {"until": maint.until, "units": maint.units,
+                                      "active": maint.active(now)},
+                      "checks": checks, "units": units})
+        return found
 
 
 def status_line(status: dict[str, Any]) -> str:

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.config.backup import BackupOptions
+from agent.commands import Command, Setup
 from agent.errors import UsageError
+from backup.options import BackupOptions
 from backup.summary import committed_lines
 
 if TYPE_CHECKING:
@@ -133,6 +134,7 @@ def _create(args: argparse.Namespace, opts: BackupOptions, target: Path) -> int:
 
 
 def _create_usb(args: argparse.Namespace, opts: BackupOptions, env: Env | None) -> int:
+    from usbimage.options import UsbOptions
     from usbimage.usbbackup import backup_to_usb, mail_report
 
     if not args.usb:
@@ -142,7 +144,7 @@ def _create_usb(args: argparse.Namespace, opts: BackupOptions, env: Env | None) 
     if env is None:
         raise UsageError("backup create --usb needs steward's configuration (its report is "
                          "mailed through [notify.email])")
-    job = backup_to_usb(_source(args), opts, env.config.usb, device=args.device,
+    job = backup_to_usb(_source(args), opts, env.config.section(UsbOptions), device=args.device,
                         runner=env.commands, jobs=args.jobs)
     if job.failure:
         print(f"steward: backup to {job.drive.device} failed: {job.failure}", file=sys.stderr)
@@ -229,3 +231,11 @@ def _restore(store: Any, args: argparse.Namespace) -> int:
         return 1
     print(f"restored {sel.entries} entries from generation {gen.id} into {args.to}")
     return 0
+
+
+def _command(args: argparse.Namespace, setup: Setup) -> int:
+    _, env = setup(args, checks=False)
+    return run(args, env.config.section(BackupOptions), env)
+
+
+COMMAND = Command(add_parsers, {"backup": _command}, order=20)

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.config.backup import BackupOptions
 from backup import hooks, index, layout, snapshot
 from backup.archive import (
     ArchiveError,
@@ -32,6 +31,7 @@ from backup.archive import (
     target_error,
 )
 from backup.mounts import Filesystem, SourceLayout, read_mounts, source_layout
+from backup.options import BackupOptions
 from backup.plan import Cutter, Segment
 from backup.progress import Progress, human
 from backup.store import Generation, Store, StoreError

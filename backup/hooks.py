@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 
-from agent.config.backup import BackupOptions
+from backup.options import BackupOptions
 
 
 class HookError(Exception):

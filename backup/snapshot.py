@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.config.backup import BackupOptions
 from agent.system.commands import CommandError, CommandRunner
 from backup.layout import which
 from backup.mounts import Filesystem, read_mounts
+from backup.options import BackupOptions
 from backup.progress import human
 
 PREFIX = "steward-snap-"

@@ -81,6 +81,10 @@ class ServiceCheck(Check):
     Options = ServiceOptions
     options: ServiceOptions
     resolve_order = 0
+    follows_units = True
+
+    def watched_units(self) -> Iterable[str]:
+        return self.options.units or ()
 
     @classmethod
     def resolve(cls, options: ServiceOptions, env: Env) -> ServiceOptions:

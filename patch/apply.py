@@ -24,6 +24,7 @@ from agent.policy import Maintenance
 from agent.registry import Registry
 from agent.state import StateDir
 from agent.system.commands import CommandError
+from backup.options import BackupOptions
 from patch.dnf import (
     Advisory,
     Dnf,
@@ -37,6 +38,7 @@ from patch.dnf import (
 )
 from patch.health import better as got_better
 from patch.health import check_health, worse
+from patch.options import PatchOptions
 from patch.outcome import Outcome, Restart, Rollback
 from patch.reboot import extra_core
 from patch.rebooting import decide, guard, record, run_reboot, settle
@@ -76,7 +78,7 @@ class Patcher:
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.env, self.registry, self.dnf, self.host = env, registry, dnf, host
-        self.opts = env.config.patch
+        self.opts = env.config.section(PatchOptions)
         self.report, self.say, self.clock, self.sleep = report, say, clock, sleep
 
     def run(self, req: Request) -> Outcome:
@@ -160,12 +162,13 @@ class Patcher:
     def _backup(self, req: Request, out: Outcome) -> bool:
         from backup.create import BackupError, create
 
-        target = self.env.config.backup.target
+        opts = self.env.config.section(BackupOptions)
+        target = opts.target
         assert target is not None  # patch.cli refuses pre_backup without a target
         source = os.path.realpath(req.installroot or "/")
         self.say(f"pre-patch backup of {source} to {target}")
         try:
-            done = create(source, Path(target), self.env.config.backup, say=self.say)
+            done = create(source, Path(target), opts, say=self.say)
         except BackupError as e:
             out.failure, out.failure_kind = f"pre-patch backup failed: {e}", "backup"
             return False

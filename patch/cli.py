@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.commands import Command, Setup
 from agent.env import Env
 from agent.errors import UsageError
 
@@ -130,20 +131,21 @@ def _window_end() -> float | None:
 
 
 def cmd_apply(args: argparse.Namespace, env: Env, registry: Registry | None = None) -> int:
-    from agent.config.patch import package_glob
     from agent.registry import discover
     from agent.runner import resolve
+    from backup.options import BackupOptions
     from patch.apply import Patcher, Request
     from patch.dnf import Dnf
+    from patch.options import PatchOptions, package_glob
     from patch.report import publish
 
-    opts = env.config.patch
+    opts = env.config.section(PatchOptions)
     root = _root(args.installroot)
     try:
         extra = tuple(package_glob(x) for x in args.exclude)
     except ValueError as e:
         raise UsageError(f"--exclude: {e}") from None
-    if opts.pre_backup and not args.dry_run and not env.config.backup.target:
+    if opts.pre_backup and not args.dry_run and not env.config.section(BackupOptions).target:
         raise UsageError(f"{env.config.source}: [patch] pre_backup = true needs [backup] "
                          "target")
     rollback = opts.rollback_on_failure if args.rollback_on_failure is None \
@@ -206,3 +208,11 @@ def _notes(p: Pending, u: Update) -> str:
 
 def _date(epoch: float) -> str:
     return time.strftime("%Y-%m-%d", time.localtime(epoch))
+
+
+def _command(args: argparse.Namespace, setup: Setup) -> int:
+    registry, env = setup(args)
+    return run(args, env, registry)
+
+
+COMMAND = Command(add_parsers, {"patch": _command}, order=40)

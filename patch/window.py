@@ -19,12 +19,12 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.calendar import first_start, local_zone, next_start
-from agent.config.patch import PatchOptions, Schedule, parse_schedule
+from agent.calendar import Schedule, first_start, local_zone, next_start, parse_schedule
 from agent.fileio import write_atomic
 from agent.quote import quote
 from agent.system.commands import CommandError, CommandRunner
 from agent.system.systemd import active_units, run_transient
+from patch.options import PatchOptions
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
+from agent.commands import Command, Setup
 from agent.system.commands import CommandRunner
 from backup.progress import human
 
@@ -119,12 +120,12 @@ def _list(args: argparse.Namespace, runner: CommandRunner, out: TextIO) -> int:
 
 def _rescue(args: argparse.Namespace, runner: CommandRunner, env: Env | None, out: TextIO,
             err: TextIO) -> int:
-    from agent.config.usb import UsbOptions
     from usbimage.drive import MountError, find_drives, mounted, select
+    from usbimage.options import UsbOptions
     from usbimage.rescue import RescueError
     from usbimage.rescuestep import refresh
 
-    usb = env.config.usb if env is not None else UsbOptions()
+    usb = env.config.section(UsbOptions) if env is not None else UsbOptions()
     drive = select(find_drives(runner), args.device)
 
     def say(line: str) -> None:
@@ -140,3 +141,11 @@ def _rescue(args: argparse.Namespace, runner: CommandRunner, env: Env | None, ou
         err.write(f"steward: {e}\n")
         return 1
     return 0
+
+
+def _command(args: argparse.Namespace, setup: Setup) -> int:
+    _, env = setup(args, checks=False)
+    return run(args, env)
+
+
+COMMAND = Command(add_parsers, {"usb": _command}, order=45)

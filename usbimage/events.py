@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agent.events import Event
 from agent.model import Status
-from agent.policy import Alert
 
 if TYPE_CHECKING:
     from usbimage.drive import Drive
@@ -27,12 +27,12 @@ class DriveEvent:
         """Whether the administrator should hear of it (the rest goes to the journal)."""
         return self.kind in ("inserted", "backup-not-started", "scheduled-no-drive")
 
-    def to_alert(self, now: float) -> Alert:
+    def to_alert(self, now: float) -> Event:
         if self.drive is None:
-            return Alert("usb", "usb:schedule", Status.WARN, self.summary, details=self.detail,
+            return Event("usb", "usb:schedule", Status.WARN, self.summary, details=self.detail,
                          remedy="plug the steward drive in; steward backup create --usb",
                          since=now)
-        return Alert("usb", f"usb:{self.drive.device}", Status.WARN, self.summary,
+        return Event("usb", f"usb:{self.drive.device}", Status.WARN, self.summary,
                      details=self.detail,
                      remedy=f"steward backup create --usb --device {self.drive.device}",
                      since=now)

@@ -20,11 +20,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.config.usb import UsbOptions
-from agent.policy import Alert
+from agent.events import Event
 from agent.system.commands import CommandError, CommandRunner
 from agent.system.systemd import active_units, run_transient
 from usbimage.events import DriveEvent
+from usbimage.options import UsbOptions
 
 if TYPE_CHECKING:
     from usbimage.drive import Drive
@@ -213,7 +213,7 @@ class DriveMonitor:
             log.exception("USB backup schedule failed")
             return []
 
-    def alerts(self, now: float) -> list[Alert]:
+    def alerts(self, now: float) -> list[Event]:
         """The events since the last call (and a scheduled backup when it is due), logged;
         those to mail as alerts."""
         out = []

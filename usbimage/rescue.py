@@ -51,12 +51,17 @@ OPTIONAL = ("mkfs.xfs", "mkfs.vfat", "mkfs.ext2", "mkfs.ext3", "lvm", "efibootmg
 # Kernel modules a restore needs after the drivers are up: filesystems, code pages, LVM.
 RESTORE_MODULES = ("vfat", "nls_cp437", "nls_ascii", "nls_iso8859_1", "nls_utf8", "ext4",
                    "xfs", "dm_mod", "efivarfs", "loop")
-STEWARD_PACKAGES = ("agent", "checks", "backup", "patch", "usbimage")
+STEWARD_PACKAGES = ("agent", "checks", "backup", "patch", "usbimage", "actions")
 # What a restore imports: the rescue menu, the command line, the restore path.
 # restorecli imports these where used, so they are named here too.
 PROBE_IMPORTS = ("agent.cli", "usbimage.rescuemenu", "usbimage.restorecli", "backup.restore",
                  "usbimage.restorefix", "usbimage.restoredisk", "usbimage.restoreplan",
-                 "usbimage.detect", "usbimage.drive")
+                 "usbimage.detect", "usbimage.drive",
+                 # what the entry points copied beside them name: the commands of
+                 # `steward --help`, the config tables and the actions
+                 "backup.cli", "checks.audit.cli", "patch.cli", "usbimage.cli",
+                 "backup.options", "patch.options", "usbimage.options", "actions.journal",
+                 "actions.email", "actions.webhook")
 _SKIP_STDLIB = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
                 "pydoc_data", "site-packages", "dist-packages", "config-3", "venv"}
 _LDD = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x")
@@ -215,6 +220,23 @@ def _python_modules() -> dict[str, str]:
     return out
 
 
+def _metadata(lib: Path) -> None:
+    """steward's entry points (its commands, checks, sources...) beside its packages: without
+    them ``steward restore`` in the rescue shell would not exist."""
+    from agent.entrypoints import metadata_dir
+
+    found = metadata_dir("steward")
+    if found is None:
+        raise RescueError("cannot find steward's installed metadata (entry_points.txt); "
+                          "install steward (pip install or the RPM) before building the rescue")
+    info = lib / f"steward-{__version__}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    meta = "METADATA" if found.endswith(".dist-info") else "PKG-INFO"
+    for src, dest in ((meta, "METADATA"), ("entry_points.txt", "entry_points.txt")):
+        if os.path.exists(os.path.join(found, src)):
+            shutil.copy2(os.path.join(found, src), info / dest)
+
+
 def _ignore_stdlib(_dir: str, names: list[str]) -> list[str]:
     return [n for n in names if n in _SKIP_STDLIB or n.startswith("config-3")]
 
@@ -283,6 +305,7 @@ def build_tree(tree: Path, runner: CommandRunner, say: Callable[[str], None],
                             ignore=shutil.ignore_patterns("__pycache__", "tests"))
         else:
             shutil.copy2(src, lib / os.path.basename(src))
+    _metadata(lib)
     sos = [str(p) for p in tree.rglob("*.so*") if p.is_file() and not p.is_symlink()]
     for f in sorted(_libs([*binaries, *sos], runner)):
         _copy(f, tree)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from agent.commands import Command, Setup
 from agent.errors import UsageError
 from agent.system.commands import CommandError, CommandRunner
 from backup.archive import ArchiveError
@@ -339,3 +340,13 @@ def run(args: argparse.Namespace, runner: CommandRunner | None = None, *,
             return restore_command(args, runner, gen, stdin=stdin, out=out)
     except StoreError as e:
         raise UsageError(str(e)) from None
+
+
+def _command(args: argparse.Namespace, setup: Setup) -> int:
+    from usbimage.options import UsbOptions
+
+    _, env = setup(args, checks=False)
+    return run(args, env.commands, mount_dir=env.config.section(UsbOptions).mount_dir)
+
+
+COMMAND = Command(add_parser, {"restore": _command}, order=48)

@@ -11,8 +11,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from agent.calendar import local_zone, next_start
-from agent.config.patch import parse_schedule
+from agent.calendar import local_zone, next_start, parse_schedule
 from agent.fileio import write_atomic
 from agent.system.commands import CommandRunner
 from usbimage.drive import Drive, find_drives

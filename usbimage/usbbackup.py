@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from agent.config.backup import BackupOptions
 from agent.config.sections import EmailOptions
-from agent.config.usb import UsbOptions
 from agent.notify.templates import SUBJECT_MAX, build_message
 from agent.system.commands import CommandRunner
+from backup.options import BackupOptions
 from backup.progress import human
 from backup.summary import committed_lines
 from usbimage.drive import Drive, Mounted, MountError, find_drives, mounted, select
+from usbimage.options import UsbOptions
 
 if TYPE_CHECKING:
     from backup.create import Outcome

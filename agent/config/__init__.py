@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from agent.config.backup import BackupOptions
-from agent.config.patch import PatchOptions
 from agent.config.schema import _ABSENT, CheckOptions, ConfigError, build
 from agent.config.sections import EmailOptions, RestartOptions
 from agent.config.trust import parent_problem
-from agent.config.usb import UsbOptions
+from agent.entrypoints import entry_points
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,19 +25,66 @@ DEFAULT_PATH = Path("/etc/steward/steward.toml")
 BUILTIN = "<built-in default>"
 
 
-# Tables a config file may hold besides [checks.*] -> (Config attribute, schema); later
-# capabilities add theirs here.
-SECTIONS: Mapping[str, tuple[str, type[Any]]] = {
-    "restart": ("restart", RestartOptions),
-    "notify.email": ("email", EmailOptions),
-    "backup": ("backup", BackupOptions),
-    "patch": ("patch", PatchOptions),
-    "usb": ("usb", UsbOptions),
-}
-TABLES = ("checks", *dict.fromkeys(p.split(".")[0] for p in SECTIONS))
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SECTION_GROUP = "steward.config"  # entry points: table path -> options dataclass
 
-__all__ = ["BUILTIN", "DEFAULT_PATH", "CheckOptions", "Config", "ConfigError", "EmailOptions",
-           "RestartOptions", "load"]
+
+class _Sections(Mapping[str, type[Any]]):
+    """Tables a config file may hold besides [checks.*] -> their schema: the core's
+    ([restart], [notify.email]), those each feature registers in the ``steward.config``
+    entry-point group ([backup], [patch], [usb]...) and each action's ``Options``
+    ([notify.webhook]), read once, when first asked."""
+
+    CORE: Mapping[str, type[Any]] = {"restart": RestartOptions, "notify.email": EmailOptions}
+
+    def __init__(self) -> None:
+        self._all: dict[str, type[Any]] | None = None
+
+    def _load(self) -> dict[str, type[Any]]:
+        if self._all is None:
+            found = dict(self.CORE)
+            for ep in entry_points(SECTION_GROUP):
+                try:
+                    cls = ep.load()
+                except Exception as e:  # a broken feature must not keep the core from loading
+                    log.error("config section [%s] (%s) failed to load: %s", ep.name, ep.value, e)
+                    continue
+                if ep.name not in found and getattr(cls, "TABLE", None) == ep.name:
+                    found[ep.name] = cls
+                else:
+                    log.error("config section [%s]: %s is not an options class with TABLE = "
+                              "%r", ep.name, ep.value, ep.name)
+            for ep in entry_points("steward.actions"):  # an action's own table
+                try:
+                    options = getattr(ep.load(), "Options", None)
+                except Exception as e:  # the daemon reports it as the action's failure too
+                    log.debug("action %s has no config table: %s", ep.name, e)
+                    continue
+                path = getattr(options, "TABLE", None)
+                if isinstance(path, str) and path not in found:
+                    found[path] = options  # type: ignore[assignment]
+            self._all = found
+        return self._all
+
+    def __getitem__(self, path: str) -> type[Any]:
+        return self._load()[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+SECTIONS = _Sections()
+
+__all__ = ["BUILTIN", "DEFAULT_PATH", "SECTIONS", "CheckOptions", "Config", "ConfigError",
+           "EmailOptions", "RestartOptions", "load"]
+
+
+def table_names() -> tuple[str, ...]:
+    return ("checks", *dict.fromkeys(p.split(".")[0] for p in SECTIONS))
 
 
 @dataclass(frozen=True)
@@ -47,11 +93,22 @@ class Config:
     checks: Mapping[str, CheckOptions] = field(default_factory=dict)
     # Tables of check plugins that failed to load: kept unvalidated, reported by the registry.
     unloaded: Mapping[str, Any] = field(default_factory=dict)
-    restart: RestartOptions = field(default_factory=RestartOptions)
-    email: EmailOptions = field(default_factory=EmailOptions)
-    backup: BackupOptions = field(default_factory=BackupOptions)
-    patch: PatchOptions = field(default_factory=PatchOptions)
-    usb: UsbOptions = field(default_factory=UsbOptions)
+    # Every other table, built: table path -> options (see SECTIONS).
+    sections: Mapping[str, Any] = field(default_factory=dict)
+
+    def section(self, cls: type[T]) -> T:
+        """The options of the table ``cls`` declares (``cls.TABLE``); its defaults when this
+        config holds none (a Config made in code)."""
+        value = self.sections.get(getattr(cls, "TABLE", ""))
+        return value if isinstance(value, cls) else cls()
+
+    @property
+    def restart(self) -> RestartOptions:
+        return self.section(RestartOptions)
+
+    @property
+    def email(self) -> EmailOptions:
+        return self.section(EmailOptions)
 
 
 def load(path: Path | None, plugins: Mapping[str, type[Any]],
@@ -154,9 +211,10 @@ def _refuse_unsafe_parents(name: str) -> None:
 
 def from_tables(data: Mapping[str, Any], source: str, plugins: Mapping[str, type[Any]],
                 broken: frozenset[str] = frozenset()) -> Config:
+    known = table_names()
     for key in data:
-        if key not in TABLES:
-            raise ConfigError(source, key, _ABSENT, "unknown table", ", ".join(TABLES))
+        if key not in known:
+            raise ConfigError(source, key, _ABSENT, "unknown table", ", ".join(known))
     tables = data.get("checks", {})
     if not isinstance(tables, Mapping):
         raise ConfigError(source, "checks", tables, "must be a table", "[checks.<name>] tables")
@@ -169,9 +227,9 @@ def from_tables(data: Mapping[str, Any], source: str, plugins: Mapping[str, type
     checks = {name: build(cls.Options, tables.get(name, {}), source, f"checks.{name}")
               for name, cls in sorted(plugins.items())}
     unloaded = {k: v for k, v in tables.items() if k in broken}
-    sections = {attr: build(cls, _section(data, path, source), source, path)
-                for path, (attr, cls) in SECTIONS.items()}
-    return Config(source, checks, unloaded=unloaded, **sections)
+    sections = {path: build(cls, _section(data, path, source), source, path)
+                for path, cls in SECTIONS.items()}
+    return Config(source, checks, unloaded=unloaded, sections=sections)
 
 
 def _section(data: Mapping[str, Any], path: str, source: str) -> Any:

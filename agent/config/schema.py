@@ -123,6 +123,17 @@ def string(accepted: str, check: Callable[[str], object] | None = None) -> Parse
 UNIT_OR_NONE = string('a systemd unit, or "" for none')
 
 
+def _argv(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+        raise ValueError("not a command as a list of non-empty strings")
+    if not v[0].startswith("/"):
+        raise ValueError(f"the program {quote(v[0])} is not an absolute path")
+    return tuple(v)
+
+
+ARGV = Parser(_argv, '["/absolute/program", "arg", ...]')  # a command run without a shell
+
+
 def _range(v: Any) -> Range:
     if isinstance(v, bool) or not isinstance(v, (str, int, float)):
         raise ValueError("not a range")

@@ -5,18 +5,22 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from agent.config.schema import BOOLEAN, TEXT, Parser, choice, listing, number, option
+from agent.model import Status
 from agent.quote import quote
 
-SEVERITIES = ("WARN", "UNKNOWN", "CRIT")
+# min_severity values: the one severity order (agent.model.Status.severity), OK left out
+SEVERITIES = tuple(s.name for s in sorted(Status, key=lambda s: s.severity) if s.severity)
 _ADDRESS = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+$")
 
 
 @dataclass(frozen=True)
 class RestartOptions:
     """``[restart]``: how ``steward run`` restarts failed units (systemd's Restart= goes first)."""
+
+    TABLE: ClassVar[str] = "restart"
 
     enabled: bool = option(True, BOOLEAN, "restart failed units and units whose probe fails")
     budget: int = option(3, number(1, 100, integer=True), "restarts per unit within window")
@@ -90,6 +94,8 @@ SECRET = Parser(_secret, "the absolute path of a non-empty file of mode 0600 own
 @dataclass(frozen=True)
 class EmailOptions:
     """``[notify.email]``: who hears about problems, and through which relays."""
+
+    TABLE: ClassVar[str] = "notify.email"
 
     to: tuple[tuple[str, str], ...] = option(
         (), listing(Parser(_recipient, '"admin@example.com" or { address = "...", '

@@ -1,59 +1,119 @@
-"""How alerts leave steward: the Notifier interface, the journal, and e-mail (mailer.py)."""
+"""How events leave steward: the actions of the ``steward.actions`` entry-point group (the
+journal, e-mail, the webhook, a third party's), each in its own thread.
+
+An entry point names a class with ``name``, ``Options`` (its config table's dataclass, with
+``TABLE``, e.g. "notify.webhook"; None for none) and ``create(options, state_dir, host)``
+returning a Notifier, or None while it is not configured:
+
+    # setup.cfg / pyproject.toml of any package
+    steward.actions =
+        pager = hello.pager:PagerAction
+
+Every event the policy decides on goes to every action; each action's options say which it
+acts on (``min_severity``, recipients' severities). The supervisor hands calls to an action's
+thread and waits for them at most ``DRAIN`` s a pass, so an action that raises, hangs, or
+fails to load is reported (an UNKNOWN result ``action:<name>`` and a journal line) and never
+stops the loop or the other actions.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import queue
+import threading
+import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.config import Config
-from agent.policy import Alert, CheckRecord
+from agent.entrypoints import entry_points
+from agent.events import Event
+from agent.model import Result, Status
+from agent.policy import CheckRecord
 
 log = logging.getLogger("steward.alert")
+GROUP = "steward.actions"
+HANG = 30.0  # seconds one call may take before the action is reported as hanging
+DRAIN = 5.0  # seconds a pass waits for the actions to take its events (on disk, for mail)
 
 
 class Notifier(Protocol):
-    def send(self, alert: Alert, host: str) -> None: ...
+    def send(self, event: Event, host: str) -> None: ...
     def tick(self, now: float, checks: Mapping[str, CheckRecord]) -> None: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
 
 
-class LogNotifier:
-    """One line per alert, ``ALERT host kind STATUS check: summary``; under systemd, the
-    journal keeps them."""
+class Guarded:
+    """One action behind a queue and a thread of its own."""
 
-    def send(self, alert: Alert, host: str) -> None:
-        log.warning("ALERT %s %s %s %s: %s%s", host, alert.kind, alert.status.name,
-                    alert.check, alert.summary,
-                    f" | remedy: {alert.remedy}" if alert.remedy else "")
+    def __init__(self, name: str, notifier: Notifier) -> None:
+        self.name, self.notifier = name, notifier
+        self.calls: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
+        self.busy: tuple[str, float] | None = None  # the call running, since (monotonic)
+        self.error = ""
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name=f"action {name}", daemon=True)
+        self._thread.start()
 
-    def tick(self, now: float, checks: Mapping[str, CheckRecord]) -> None:
-        return None
-
-    def start(self) -> None:
-        return None
-
-    def stop(self) -> None:
-        return None
-
-
-class Notifiers:
-    """Every alert to each notifier; one failing never keeps it from the others."""
-
-    def __init__(self, notifiers: Sequence[Notifier]) -> None:
-        self.notifiers = list(notifiers)
-
-    def _each(self, what: str, *args: object) -> None:
-        for n in self.notifiers:
+    def _run(self) -> None:
+        while True:
+            item = self.calls.get()
+            if item is None:
+                return
+            what, args = item
+            self.busy = (what, time.monotonic())
             try:
-                getattr(n, what)(*args)
-            except Exception:
-                log.exception("%s.%s failed", type(n).__name__, what)
+                getattr(self.notifier, what)(*args)
+                if what == "send" or self.error.startswith(what):
+                    self.error = ""  # what failed works again
+            except Exception as e:  # an action's bug is reported, never the loop's end
+                log.exception("action %s: %s failed", self.name, what)
+                self.error = f"{what} raised {type(e).__name__}: {e}"
+            finally:
+                self.busy = None
+                if self.calls.empty():
+                    self._idle.set()
 
-    def send(self, alert: Alert, host: str) -> None:
-        self._each("send", alert, host)
+    def call(self, what: str, *args: Any) -> None:
+        self._idle.clear()
+        self.calls.put((what, args))
+
+    def wait(self, timeout: float) -> bool:
+        return self._idle.wait(timeout)
+
+    def problem(self) -> str:
+        busy = self.busy
+        if busy is not None and time.monotonic() - busy[1] > HANG:
+            return f"{busy[0]} has not returned for {time.monotonic() - busy[1]:.0f} s"
+        return self.error
+
+    def close(self, timeout: float) -> None:
+        self.calls.put(None)
+        self._thread.join(timeout)
+
+
+class Actions:
+    """Every event to each action; one failing or hanging never keeps it from the others."""
+
+    def __init__(self, actions: list[Guarded], failures: Mapping[str, str] | None = None
+                 ) -> None:
+        self.actions = actions
+        self.failures = dict(failures or {})  # name -> why it did not load
+        self._troubled: set[str] = set()  # actions that had a problem: reported until OK
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self.actions]
+
+    def _each(self, what: str, *args: Any) -> None:
+        for a in self.actions:
+            a.call(what, *args)
+
+    def send(self, event: Event, host: str) -> None:
+        self._each("send", event, host)
 
     def tick(self, now: float, checks: Mapping[str, CheckRecord]) -> None:
         self._each("tick", now, checks)
@@ -61,14 +121,51 @@ class Notifiers:
     def start(self) -> None:
         self._each("start")
 
+    def drain(self, timeout: float = DRAIN) -> None:
+        """Wait (at most ``timeout`` s in all) until every action took what it was given."""
+        deadline = time.monotonic() + timeout
+        for a in self.actions:
+            a.wait(max(0.0, deadline - time.monotonic()))
+
     def stop(self) -> None:
         self._each("stop")
+        deadline = time.monotonic() + 2 * DRAIN
+        for a in self.actions:
+            a.close(max(0.1, deadline - time.monotonic()))
+
+    def results(self) -> list[Result]:
+        """UNKNOWN for an action that failed to load, raised or hangs; OK once it works again."""
+        out = [Result(f"action:{name}", Status.UNKNOWN, f"action {name} did not load: {why}",
+                      remedy="reinstall or remove the package that provides it",
+                      restartable=False) for name, why in sorted(self.failures.items())]
+        for a in self.actions:
+            problem = a.problem()
+            if problem:
+                self._troubled.add(a.name)
+                out.append(Result(f"action:{a.name}", Status.UNKNOWN,
+                                  f"action {a.name}: {problem}"[:300].replace("\n", " "),
+                                  remedy="journalctl -u steward | grep 'action " + a.name +
+                                  "'", restartable=False))
+            elif a.name in self._troubled:
+                out.append(Result(f"action:{a.name}", Status.OK, f"action {a.name} works",
+                                  restartable=False))
+        return out
 
 
-def for_config(config: Config, state_dir: Path, host: str) -> Notifiers:
-    """The journal always; e-mail when recipients are configured."""
-    notifiers: list[Notifier] = [LogNotifier()]
-    if config.email.enabled:
-        from agent.notify.mailer import Mailer
-        notifiers.append(Mailer(config.email, state_dir, host))
-    return Notifiers(notifiers)
+def for_config(config: Config, state_dir: Path, host: str) -> Actions:
+    """Every installed action, made from its config table; those not configured are left out
+    (e-mail without recipients, a webhook without a URL)."""
+    made: list[Guarded] = []
+    failures: dict[str, str] = {}
+    for ep in entry_points(GROUP):
+        try:
+            cls = ep.load()
+            options = config.section(cls.Options) if getattr(cls, "Options", None) else None
+            notifier = cls.create(options, state_dir, host)
+        except Exception as e:  # missing or broken: reported, the others go on
+            failures[ep.name] = f"{ep.value}: {type(e).__name__}: {e}"
+            log.error("action %s failed to load: %s", ep.name, failures[ep.name])
+            continue
+        if notifier is not None:
+            made.append(Guarded(ep.name, notifier))
+    return Actions(made, failures)

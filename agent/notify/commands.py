@@ -12,10 +12,11 @@ from typing import Any, TextIO
 from agent.config import Config
 from agent.config.sections import EmailOptions
 from agent.errors import UsageError
+from agent.events import Event
 from agent.model import Status
 from agent.notify.mailer import send_with, sender_for
 from agent.notify.outbox import Attempt, Outbox
-from agent.notify.templates import MailItem, Templates, build_message
+from agent.notify.templates import Templates, build_message
 
 
 def _email(config: Config) -> Config:
@@ -56,7 +57,7 @@ def cmd_test(config: Config, state_dir: Path, host: str) -> int:
     """Queue a test mail to every recipient and try to deliver it now; 0 if a relay took it."""
     opts = _email(config).email
     now = time.time()
-    item = MailItem("test", "notify", Status.OK, f"test mail from steward on {host}",
+    item = Event("test", "notify", Status.OK, f"test mail from steward on {host}",
                     details=f"relays, in order: {', '.join(opts.relays)}", since=now)
     templates = Templates(opts.template_dir, opts.language)
     subject, text, html = templates.render([item], host=host, kind="test", now=now)

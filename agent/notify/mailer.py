@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import EmailOptions
+from agent.events import Event
 from agent.fileio import write_atomic
 from agent.model import Status
-from agent.notify.outbox import Attempt, Outbox
+from agent.notify.outbox import DeliveryWorker, Outbox
 from agent.notify.smtp import SmtpSender
-from agent.notify.templates import MailItem, Templates, build_message
-from agent.policy import Alert, CheckRecord
+from agent.notify.templates import Templates, build_message
+from agent.policy import CheckRecord
 
 log = logging.getLogger(__name__)
 
-SEVERITY = {"OK": 0, "WARN": 1, "UNKNOWN": 2, "CRIT": 3}
 
 
 @dataclass
@@ -94,19 +93,19 @@ class Mailer:
         write_atomic(self._state_path, json.dumps(asdict(self.state)), 0o600)
 
     # -- the Notifier interface --------------------------------------------------------
-    def send(self, alert: Alert, host: str) -> None:
-        self.state.pending.append({**asdict(alert), "status": alert.status.name})
+    def send(self, alert: Event, host: str) -> None:
+        self.state.pending.append(alert.to_dict())
         if self.state.window_end is None:
             self.state.window_end = alert.since + self.opts.group_window
         self._save()
 
-    def _take_pending(self) -> list[Alert]:
-        alerts = [Alert(**{**a, "status": Status[a["status"]]}) for a in self.state.pending]
+    def _take_pending(self) -> list[Event]:
+        alerts = [Event.from_dict(a) for a in self.state.pending]
         self.state.pending, self.state.window_end = [], None
         return alerts
 
     def tick(self, now: float, checks: Mapping[str, CheckRecord]) -> None:
-        items: list[MailItem] = []
+        items: list[Event] = []
         if self.state.window_end is not None and now >= self.state.window_end:
             items += self._from_alerts(self._take_pending(), now)
         items += self._cooled_and_reminders(now, checks)
@@ -115,8 +114,8 @@ class Mailer:
         self._maybe_digest(now, checks)
 
     # -- policy ------------------------------------------------------------------------
-    def _from_alerts(self, alerts: Sequence[Alert], now: float) -> list[MailItem]:
-        items: dict[str, MailItem] = {}
+    def _from_alerts(self, alerts: Sequence[Event], now: float) -> list[Event]:
+        items: dict[str, Event] = {}
         actions: dict[str, list[str]] = {}
         for a in alerts:
             k = self.state.keys.setdefault(a.check, KeyState())
@@ -125,21 +124,21 @@ class Mailer:
                 if a.kind == "restart":
                     continue
             elif a.kind == "problem" and now - k.mailed_at < self.opts.cooldown and \
-                    SEVERITY[a.status.name] <= SEVERITY[k.problem_status]:
+                    a.status.severity <= Status[k.problem_status].severity:
                 # Flapping, or no worse than what was said: wait for the cooldown to end.
                 k.held += 1
                 continue
             elif a.kind == "recovery" and k.mailed_status == "OK":
                 k.held = 0  # the problem was never mailed: nothing to take back
                 continue
-            items[a.check] = MailItem(a.kind, a.check, a.status, a.summary, a.details,
+            items[a.check] = Event(a.kind, a.check, a.status, a.summary, a.details,
                                       a.remedy, a.since, repeats=k.held)
             self._mailed(k, a.kind, a.status, now)
         for check, done in actions.items():
             item = items.get(check)
             if item is None:  # a restart notice without a fresh problem mail
-                item = MailItem("restart", check, Status.CRIT, done[-1], since=now)
-            items[check] = MailItem(item.kind, item.check, item.status, item.summary,
+                item = Event("restart", check, Status.CRIT, done[-1], since=now)
+            items[check] = Event(item.kind, item.check, item.status, item.summary,
                                     item.details, item.remedy, item.since, tuple(done),
                                     item.repeats)
         return list(items.values())
@@ -156,7 +155,7 @@ class Mailer:
             k.remind_at = now + self.opts.reminder
 
     def _cooled_and_reminders(self, now: float, checks: Mapping[str, CheckRecord]
-                              ) -> list[MailItem]:
+                              ) -> list[Event]:
         out = []
         for cid, k in self.state.keys.items():
             rec = checks.get(cid)
@@ -164,13 +163,13 @@ class Mailer:
             if k.held and now - k.mailed_at >= self.opts.cooldown:
                 # Say how it stands now, if that is not what the last mail said.
                 if failing and rec is not None and rec.status != k.mailed_status:
-                    out.append(MailItem("problem", cid, Status[rec.status], rec.summary,
+                    out.append(Event("problem", cid, Status[rec.status], rec.summary,
                                         since=rec.since, repeats=k.held))
                     self._mailed(k, "problem", Status[rec.status], now)
                 k.held = 0
             elif failing and rec is not None and k.remind_at and now >= k.remind_at \
                     and k.mailed_status != "OK":
-                out.append(MailItem("reminder", cid, Status[rec.status], rec.summary,
+                out.append(Event("reminder", cid, Status[rec.status], rec.summary,
                                     since=rec.since))
                 k.remind_every = min(k.remind_every * 2, self.opts.reminder_max)
                 k.remind_at = now + k.remind_every
@@ -184,7 +183,7 @@ class Mailer:
         if self.state.digest_day == day or local.strftime("%H:%M") < self.opts.digest:
             return
         self.state.digest_day = day
-        items = [MailItem("digest", cid, Status[r.status], r.summary, since=r.since)
+        items = [Event("digest", cid, Status[r.status], r.summary, since=r.since)
                  for cid, r in sorted(checks.items()) if r.status != "OK"]
         if items:
             self._queue(items, "digest", now)
@@ -192,10 +191,10 @@ class Mailer:
             self._save()
 
     # -- mail --------------------------------------------------------------------------
-    def _queue(self, items: list[MailItem], kind: str, now: float) -> None:
-        by_recipients: dict[tuple[MailItem, ...], list[str]] = {}
+    def _queue(self, items: list[Event], kind: str, now: float) -> None:
+        by_recipients: dict[tuple[Event, ...], list[str]] = {}
         for address, minimum in self.opts.to:
-            mine = tuple(i for i in items if self._severity(i) >= SEVERITY[minimum])
+            mine = tuple(i for i in items if self._severity(i) >= Status[minimum].severity)
             if mine:
                 by_recipients.setdefault(mine, []).append(address)
         for mine, to in by_recipients.items():
@@ -208,14 +207,14 @@ class Mailer:
         if self._worker:
             self._worker.kick()
 
-    def _severity(self, item: MailItem) -> int:
+    def _severity(self, item: Event) -> int:
         if item.kind == "recovery":  # as severe as the problem it ends
             k = self.state.keys.get(item.check)
-            return max(SEVERITY["WARN"], SEVERITY.get(k.mailed_status if k else "WARN", 1))
-        return SEVERITY[item.status.name]
+            return max(Status.WARN.severity, Status[k.mailed_status if k else "WARN"].severity)
+        return item.status.severity
 
     def start(self) -> None:
-        self._worker = DeliveryWorker(self.outbox, sender_for(self.opts, self.host))
+        self._worker = DeliveryWorker(self.outbox, send_with(sender_for(self.opts, self.host)))
         self._worker.start()
 
     def stop(self) -> None:
@@ -229,42 +228,3 @@ class Mailer:
             self._save()
         if self._worker:
             self._worker.stop()
-
-
-class DeliveryWorker:
-    """Delivers what is due from the outbox in its own thread."""
-
-    def __init__(self, outbox: Outbox, sender: SmtpSender, idle: float = 60.0) -> None:
-        self.outbox, self.send = outbox, send_with(sender)
-        self.idle = idle
-        self._wake = threading.Event()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="mail delivery", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def kick(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop = True
-        self._wake.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop:
-            try:
-                report(self.outbox.deliver(self.send, time.time()))
-            except Exception:  # keep delivering whatever one message did
-                log.exception("mail delivery failed")
-            due = [q.next_at for q in self.outbox.queued()]
-            wait = min([max(0.0, t - time.time()) for t in due] + [self.idle])
-            self._wake.wait(wait)
-            self._wake.clear()
-
-
-def report(attempts: Sequence[Attempt]) -> None:
-    for a in attempts:
-        if a.delivered:
-            log.info("mail delivered via %s: %s", a.relays[-1][0], a.subject)

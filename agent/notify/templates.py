@@ -15,7 +15,6 @@ import email.utils
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -23,28 +22,13 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from agent.model import Status
+from agent.events import Event
 
 log = logging.getLogger(__name__)
 
 SUBJECT_MAX = 150  # RFC 5322 recommends 78 per line; past ~150 mail clients cut it anyway
 _COLOUR = {"OK": "#2e7d32", "RECOVERED": "#2e7d32", "WARN": "#e69500", "CRIT": "#c62828",
            "UNKNOWN": "#6a1b9a"}
-
-
-@dataclass(frozen=True)
-class MailItem:
-    """One line of news in a mail."""
-
-    kind: str  # problem | recovery | restart | escalation | config | reminder | digest | test
-    check: str
-    status: Status
-    summary: str
-    details: str = ""
-    remedy: str = ""
-    since: float = 0.0  # unix time the state began; 0 = unknown
-    actions: tuple[str, ...] = ()  # what steward did about it
-    repeats: int = 0  # state changes held back by the cooldown since the last mail
 
 
 def _environment(loader: jinja2.BaseLoader) -> SandboxedEnvironment:
@@ -71,7 +55,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 1440} days"
 
 
-def _view(item: MailItem, now: float) -> dict[str, Any]:
+def _view(item: Event, now: float) -> dict[str, Any]:
     label = "RECOVERED" if item.kind == "recovery" else item.status.name
     return {"kind": item.kind, "check": item.check, "status": item.status.name, "label": label,
             "colour": _COLOUR[label], "summary": item.summary, "details": item.details,
@@ -93,7 +77,7 @@ class Templates:
         self._env = self._builtin if self._override is None else _environment(
             jinja2.ChoiceLoader([jinja2.FileSystemLoader(self._override), builtin]))
 
-    def render(self, items: Sequence[MailItem], *, host: str, kind: str,
+    def render(self, items: Sequence[Event], *, host: str, kind: str,
                now: float) -> tuple[str, str, str]:
         """(subject, text, html) for one mail about ``items``."""
         if not items:

@@ -5,13 +5,13 @@ puts every rule into ``steward check`` and the daemon (a rule newly failing is a
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import logging
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from agent.entrypoints import entry_points
 from agent.env import Env
 from agent.model import Check, Metric, Result, Status
 from checks.audit.base import Context, Finding, Unreadable, unknown
@@ -19,25 +19,43 @@ from checks.audit.options import AuditOptions
 
 log = logging.getLogger(__name__)
 
-# Family modules, in report order.
-FAMILIES = ("selinux", "firewall", "sshd", "postfix", "dovecot", "httpd", "bind", "system")
+GROUP = "steward.audit"  # entry points: family name -> module with audit(ctx) -> Findings
 
 
-def audit(ctx: Context, families: Sequence[str] = FAMILIES) -> list[Finding]:
-    """Every applicable rule of ``families`` judged on ``ctx``, less ``skip``ped ones. A
-    family that cannot be read at all is one UNKNOWN finding naming what stood in the way;
-    a family that fails unexpectedly is one too (with the error), never a traceback."""
-    out: list[Finding] = []
-    for name in families:
+def families() -> list[tuple[str, Any]]:
+    """The rule families of every installed distribution (``steward.audit`` entry points),
+    in report order: by the module's ORDER (steward's own: 10 to 80; 100 when unset), then
+    name. One that fails to import is kept, as its error, to be reported as UNKNOWN."""
+    found: list[tuple[int, str, Any]] = []
+    for ep in entry_points(GROUP):
         try:
-            module = importlib.import_module(f"checks.audit.{name}")
+            module: Any = ep.load()
+        except Exception as e:  # a broken family must not hide the others
+            module = e
+        found.append((getattr(module, "ORDER", 100), ep.name, module))
+    return [(name, module) for _, name, module in sorted(found, key=lambda t: t[:2])]
+
+
+def audit(ctx: Context, only: Sequence[str] | None = None) -> list[Finding]:
+    """Every applicable rule of the installed families (or of ``only``) judged on ``ctx``,
+    less ``skip``ped ones. A family that cannot be read at all is one UNKNOWN finding naming
+    what stood in the way; a family that fails unexpectedly (or does not load) is one too
+    (with the error), never a traceback."""
+    out: list[Finding] = []
+    for name, module in families():
+        if only is not None and name not in only:
+            continue
+        try:
+            if isinstance(module, Exception):
+                raise module
             found = list(module.audit(ctx))
         except Unreadable as e:
             found = [unknown(f"{name}.config", f"{name} configuration readable", e)]
         except Exception as e:  # a bug in a family must not hide the others
             log.exception("audit family %s failed", name)
             found = [unknown(f"{name}.error", f"{name} audit ran", f"{type(e).__name__}: {e}",
-                             remedy="report this as a steward bug, with steward audit -vv")]
+                             remedy="report this as a bug of the family's package, with "
+                             "steward audit -vv")]
         out.extend(f for f in found if not _skipped(f.rule, ctx.options.skip))
     return out
 

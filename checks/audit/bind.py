@@ -14,6 +14,8 @@ from agent.model import Status
 from checks.audit.base import Context, Finding, Unreadable, unknown
 from checks.dnsservice import BIND_VERSION, BUILTIN_ZONES
 
+ORDER = 70  # place in the audit report (steward.audit entry point)
+
 CONFIGS = ("/etc/named.conf", "/etc/bind/named.conf")  # EL9, Debian
 RELOAD = "named-checkconf && rndc reconfig"
 # A stranger on the internet: addresses from the documentation ranges, which no real ACL names.

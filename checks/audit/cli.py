@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.commands import Command, Setup
 from agent.env import Env
 from agent.errors import UsageError
 from agent.fileio import write_atomic
@@ -134,3 +135,9 @@ def options_of(env: Env) -> Any:
     return opts if isinstance(opts, AuditOptions) else AuditOptions()
 
 
+def _command(args: argparse.Namespace, setup: Setup) -> int:
+    _, env = setup(args)
+    return run(args, env, options_of(env))
+
+
+COMMAND = Command(add_parsers, {"audit": _command}, order=30)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from agent.model import Status
 from checks.audit.base import Context, Finding, Rules, Unreadable, Verdict
 
+ORDER = 50  # place in the audit report (steward.audit entry point)
+
 CONF = "/etc/dovecot/dovecot.conf"
 SSL_CONF, AUTH_CONF = "/etc/dovecot/conf.d/10-ssl.conf", "/etc/dovecot/conf.d/10-auth.conf"
 LOGIN_PROTOCOLS = ("imap", "pop3", "submission", "sieve", "managesieve")

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from agent.model import Status
 from checks.audit.base import Context, Finding, Unreadable, unknown
 
+ORDER = 20  # place in the audit report (steward.audit entry point)
+
 if TYPE_CHECKING:
     from checks.audit.options import AuditOptions
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from agent.model import Status
 from checks.audit.base import Context, Finding, Unreadable, unknown
 
+ORDER = 60  # place in the audit report (steward.audit entry point)
+
 # (main file, compiled-in ServerRoot, how to apply a change): EL9's httpd, then Debian's apache2.
 LAYOUTS = (("/etc/httpd/conf/httpd.conf", "/etc/httpd",
             "apachectl configtest && systemctl reload httpd"),

@@ -24,6 +24,8 @@ from checks.audit.postfix_config import (
     tokens,
 )
 
+ORDER = 40  # place in the audit report (steward.audit entry point)
+
 HELO_CHECKS = ("reject_invalid_helo_hostname", "reject_non_fqdn_helo_hostname")
 RELAY_GUARDS = {"reject_unauth_destination", "defer_unauth_destination", "reject", "defer"}
 PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")

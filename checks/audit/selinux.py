@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from agent.model import Status
 from checks.audit.base import Context, Finding, Unreadable, unknown
 
+ORDER = 10  # place in the audit report (steward.audit entry point)
+
 CONFIG = "/etc/selinux/config"
 ENFORCE = "/sys/fs/selinux/enforce"
 AUDIT_LOG = "/var/log/audit/audit.log"

@@ -12,6 +12,8 @@ from pathlib import Path
 from agent.model import Status
 from checks.audit.base import Context, Finding, Unreadable, unknown
 
+ORDER = 30  # place in the audit report (steward.audit entry point)
+
 CONFIG = "/etc/ssh/sshd_config"
 DROPIN_DIR = "/etc/ssh/sshd_config.d"
 # sshd keeps the FIRST value it reads, and EL9's sshd_config includes the drop-ins on its first

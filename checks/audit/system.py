@@ -19,6 +19,8 @@ import psutil
 from agent.model import Status
 from checks.audit.base import Context, Finding, Unreadable, unknown
 
+ORDER = 80  # place in the audit report (steward.audit entry point)
+
 # The appliance's public ports: ssh, smtp/smtps/submission, imaps/pop3s, http(s), dns.
 # DHCP clients (68/udp, 546/udp) bind the wildcard address to receive their leases.
 EXPECTED = ("22/tcp", "25/tcp", "465/tcp", "587/tcp", "993/tcp", "995/tcp", "80/tcp",

@@ -82,9 +82,14 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, args, says):
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
 
 
-def test_a_family_that_breaks_is_one_unknown_not_a_traceback(tmp_path):
+def test_a_family_that_breaks_is_one_unknown_not_a_traceback(tmp_path, monkeypatch):
+    # An installed distribution whose steward.audit entry point names a missing module.
+    info = tmp_path / "site" / "brokenfamily-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "entry_points.txt").write_text("[steward.audit]\nnosuchfamily = nosuch.module\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
     ctx = Context(_system(tmp_path), AuditOptions(), CommandRunner())
-    [f] = audit(ctx, families=("nosuchfamily",))
+    [f] = audit(ctx, only=("nosuchfamily",))
     assert f.ok is None and f.rule == "nosuchfamily.error"
     assert "ModuleNotFoundError" in f.found and f.result().status is Status.UNKNOWN
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config.backup import BackupOptions
 from backup import create
 from backup.archive import KEEPS_NOT
+from backup.options import BackupOptions
 from tests.backup.conftest import backup, generations, root_loop, write_config
 from tests.conftest import REPO
 from tests.fstree import loop_fs

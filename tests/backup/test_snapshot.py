@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from agent.config.backup import BackupOptions
 from agent.system.commands import CommandError, CommandRunner, Completed
 from backup.layout import which
 from backup.mounts import Filesystem, Mount
+from backup.options import BackupOptions
 from backup.snapshot import Decision, decide, taken
 
 MiB = 1 << 20

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from agent.config.backup import BackupOptions
 from backup import archive, create
+from backup.options import BackupOptions
 from backup.plan import ENTRY_COST, Segment
 from backup.walk import Entry
 

@@ -13,7 +13,7 @@ from tests.integration.nspawn import Container
 
 REPO = Path(__file__).resolve().parents[2]
 
-PACKAGES = ("agent", "checks", "backup", "patch", "usbimage")
+PACKAGES = ("agent", "checks", "backup", "patch", "usbimage", "actions")
 WRAPPER = """#!/usr/bin/python3
 import sys
 sys.path.insert(0, "/opt/steward")

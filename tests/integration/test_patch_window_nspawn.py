@@ -19,7 +19,7 @@ from datetime import datetime
 from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 sys.path.insert(0, "/opt/steward")
-from agent.config.patch import PatchOptions
+from patch.options import PatchOptions
 from agent.config.schema import build
 from agent.system.commands import CommandRunner
 from patch.window import PatchScheduler, WindowState

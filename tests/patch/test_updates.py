@@ -163,7 +163,7 @@ def test_patch_check_without_dnf_is_dnf_failed(tmp_path, capsys):
 def _wired() -> bool:
     from agent import cli as agent_cli
 
-    return "patch" in agent_cli.HANDLERS
+    return "patch" in agent_cli.handlers()
 
 
 @pytest.mark.root

@@ -17,9 +17,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 import patch.window as pw
-from agent.config.patch import PatchOptions, parse_schedule
+from agent.calendar import parse_schedule
 from agent.config.schema import build
 from agent.system.commands import CommandError, Completed
+from patch.options import PatchOptions
 from tests.conftest import REPO
 
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -140,7 +140,7 @@ def test_quote_cuts_a_long_value_and_says_how_long_it_was():
 
 REGISTRY = discover()
 OPTION_KEYS = sorted({key for cls in [*(c.Options for c in REGISTRY.checks.values()),
-                                       *(s for _, s in SECTIONS.values())]
+                                       *SECTIONS.values()]
                       for key in (f.metadata.get("key") or f.name
                                   for f in dataclasses.fields(cls))})
 TABLES = ["checks", *(f"checks.{n}" for n in sorted(REGISTRY.checks)), *SECTIONS, "notify"]

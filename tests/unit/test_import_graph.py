@@ -7,8 +7,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("agent", "checks", "backup", "patch", "usbimage", "actions")
 FEATURES = ("checks", "backup", "patch", "usbimage", "actions")
@@ -132,7 +130,6 @@ def test_no_import_cycle() -> None:
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 phase 2: the core still imports features")
 def test_the_core_imports_no_feature() -> None:
     edges = graph()
     bad = sorted(f"{m} imports {t}" for m, ts in edges.items() if m.split(".")[0] == "agent"

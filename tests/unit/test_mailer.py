@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from agent.config.sections import EmailOptions
+from agent.events import Event
 from agent.model import Status
 from agent.notify.mailer import Mailer, send_with, sender_for
-from agent.policy import Alert, CheckRecord
+from agent.policy import CheckRecord
 from tests.conftest import REPO
 from tests.mailserver import MailServer, free_port
 
@@ -46,11 +47,11 @@ def deliver(m: Mailer, now: float) -> None:
 
 
 def problem(check, status=Status.CRIT, since=T0, summary="down"):
-    return Alert("problem", check, status, summary, remedy=f"fix {check}", since=since)
+    return Event("problem", check, status, summary, remedy=f"fix {check}", since=since)
 
 
 def recovery(check, since):
-    return Alert("recovery", check, Status.OK, "fine again", since=since)
+    return Event("recovery", check, Status.OK, "fine again", since=since)
 
 
 def failing(*checks, status="CRIT"):
@@ -132,7 +133,7 @@ def test_restart_notices_join_the_problem_mail_and_what_stays_failing_is_reminde
         server, tmp_path):
     m = mailer(server, tmp_path, to=(("admin@example.com", "WARN"),))
     m.send(problem("service:postfix"), "mail1")
-    m.send(Alert("restart", "service:postfix", Status.CRIT, "steward ran: systemctl restart "
+    m.send(Event("restart", "service:postfix", Status.CRIT, "steward ran: systemctl restart "
                  "postfix.service (1 of 3 within 15 min)", since=T0 + 1), "mail1")
     m.tick(T0 + 31, failing("service:postfix"))
     for t in range(60, 4 * 3600 + 600, 60):

@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from agent.config.patch import ACCEPTED, PatchOptions, ScheduleError, parse_schedule
+from agent.calendar import ACCEPTED, ScheduleError, parse_schedule
 from agent.config.schema import ConfigError, build, to_toml
+from patch.options import PatchOptions
 
 
 def patch(**table):

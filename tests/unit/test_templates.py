@@ -10,11 +10,12 @@ from email.policy import default
 
 import pytest
 
+from agent.events import Event
 from agent.model import Status
-from agent.notify.templates import MailItem, Templates, build_message
+from agent.notify.templates import Templates, build_message
 
 NOW = 1_700_000_000.0
-POSTFIX = MailItem("restart", "service:postfix", Status.CRIT, "failed (exit-code)",
+POSTFIX = Event("restart", "service:postfix", Status.CRIT, "failed (exit-code)",
                    details="postfix.service: Main process exited, status=1",
                    remedy="journalctl -u postfix.service", since=NOW - 12 * 60,
                    actions=("systemctl restart postfix.service (1 of 3 within 15 min)",),
@@ -36,20 +37,20 @@ def test_subject_for_one_item_names_host_status_check_and_summary(tpl):
 
 
 def test_subject_for_many_items_leads_with_the_worst(tpl):
-    warns = [MailItem("problem", f"disk:/d{i}", Status.WARN, "90% used") for i in range(10)]
-    unknowns = [MailItem("problem", f"port:{i}", Status.UNKNOWN, "?") for i in range(9)]
+    warns = [Event("problem", f"disk:/d{i}", Status.WARN, "90% used") for i in range(10)]
+    unknowns = [Event("problem", f"port:{i}", Status.UNKNOWN, "?") for i in range(9)]
     subject = render(tpl, *warns, *unknowns, POSTFIX)[0]
     assert subject == "[steward] mail1: CRIT service:postfix and 19 more"
 
 
 def test_subject_for_a_recovery(tpl):
-    item = MailItem("recovery", "service:postfix", Status.OK, "active (running)")
+    item = Event("recovery", "service:postfix", Status.OK, "active (running)")
     assert render(tpl, item, kind="recovery")[0] == (
         "[steward] mail1: RECOVERED service:postfix active (running)")
 
 
 def test_subject_is_one_bounded_line_whatever_the_summary(tpl):
-    item = MailItem("problem", "service:postfix", Status.CRIT, "line one\nline two\r\n" * 40)
+    item = Event("problem", "service:postfix", Status.CRIT, "line one\nline two\r\n" * 40)
     subject = render(tpl, item)[0]
     assert "\n" not in subject and "\r" not in subject
     assert len(subject) <= 150 and subject.endswith("…")
@@ -57,7 +58,7 @@ def test_subject_is_one_bounded_line_whatever_the_summary(tpl):
 
 
 def test_both_bodies_say_what_failed_since_when_what_was_done_and_what_to_do(tpl):
-    ok = MailItem("recovery", "disk:/", Status.OK, "22% used")
+    ok = Event("recovery", "disk:/", Status.OK, "22% used")
     _, text, html = render(tpl, ok, POSTFIX)
     since = time.strftime("%H:%M:%S", time.localtime(POSTFIX.since))
     for body in (text, html):
@@ -71,7 +72,7 @@ def test_both_bodies_say_what_failed_since_when_what_was_done_and_what_to_do(tpl
 
 
 def test_hostile_data_is_escaped_in_html_and_literal_in_text(tpl):
-    item = MailItem("problem", f"port:{HOSTILE}", Status.CRIT, HOSTILE, details=HOSTILE,
+    item = Event("problem", f"port:{HOSTILE}", Status.CRIT, HOSTILE, details=HOSTILE,
                     remedy=HOSTILE, actions=(HOSTILE,))
     subject, text, html = render(tpl, item)
     assert "<script>" not in html
@@ -118,7 +119,7 @@ def test_no_items_is_an_error(tpl):
 
 
 def test_build_message_is_multipart_alternative_text_then_html_and_parses_back(tpl):
-    item = MailItem("problem", "disk:/", Status.WARN, "Müll überall ✓ " * 20,
+    item = Event("problem", "disk:/", Status.WARN, "Müll überall ✓ " * 20,
                     details="x" * 300)  # non-ASCII and long lines force a transfer encoding
     subject, text, html = render(tpl, item)
     msg = build_message(subject, text, html, sender="steward <steward@mail1.example.org>",

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from agent.config.schema import ConfigError, build
-from agent.config.usb import UsbOptions
 from tests.conftest import run_steward
 from tests.mailserver import MailServer
 from tests.usb.conftest import root_loop, sh, usb
 from usbimage.drive import NO_DRIVE, mounted_at
+from usbimage.options import UsbOptions
 
 HOST = os.uname().nodename
 

@@ -17,15 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.config.usb import UsbOptions
+from agent.events import Event
 from agent.model import Status
-from agent.policy import Alert
 from agent.system.commands import CommandRunner
 from tests.conftest import QUIET, REPO, start_daemon
 from tests.usb.conftest import root_loop, sh, usb
 from tests.usb.test_drive import config, generations, make_drive, source_tree
 from usbimage.drive import mounted_at
 from usbimage.monitor import DriveEvent, DriveMonitor
+from usbimage.options import UsbOptions
 
 pytestmark = root_loop
 
@@ -55,7 +55,7 @@ def systemctl(tmp_path: Path, listed: str = "") -> str:
     return script(tmp_path / "systemctl", f"sys.stdout.write({listed!r})")
 
 
-def wait_for_alert(mon: DriveMonitor, part: str, timeout: float = 20.0) -> list[Alert]:
+def wait_for_alert(mon: DriveMonitor, part: str, timeout: float = 20.0) -> list[Event]:
     """The monitor's alerts about ``part`` (others may come from other loop devices)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -73,7 +73,7 @@ SERVER_PACKAGES: tuple[str, ...] = (
 LVM_SIZE = 256 * MiB  # partition 4, the LVM physical volume at the end of the disk
 _ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LC_ALL": "C", "HOME": "/root", "TERM": "dumb"}
-_PACKAGES_IN_WHEEL = ("agent", "checks", "backup", "patch", "usbimage")
+_PACKAGES_IN_WHEEL = ("agent", "checks", "backup", "patch", "usbimage", "actions")
 
 GRUB_DEFAULTS = """\
 # written by tests/vm/server.py: menu and kernel on the serial console, nothing quiet

@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
-from agent.config.schema import BOOLEAN, GLOBS, Parser, listing, number, option
+from agent.config.schema import ARGV, BOOLEAN, GLOBS, listing, number, option
 from agent.config.sections import PATH
-from agent.quote import quote
 
 DEFAULT_EXCLUDES = ("/proc/*", "/sys/*", "/dev/*", "/run/*", "/tmp/*",  # noqa: S108 - patterns
                     "/var/cache/dnf/*")
 
 
-def _argv(v: Any) -> tuple[str, ...]:
-    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
-        raise ValueError("not a command as a list of non-empty strings")
-    if not v[0].startswith("/"):
-        raise ValueError(f"the program {quote(v[0])} is not an absolute path")
-    return tuple(v)
 
 
-COMMANDS = listing(Parser(_argv, '["/absolute/program", "arg", ...]'))
+COMMANDS = listing(ARGV)
 
 
 @dataclass(frozen=True)
 class BackupOptions:
     """``[backup]``: the whole-system backup (``steward backup``)."""
+
+    TABLE: ClassVar[str] = "backup"
 
     target: str | None = option(None, PATH,
                                 "folder holding the generations, e.g. the USB drive's data "

@@ -4,8 +4,9 @@ in, and where steward mounts it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from agent.config.patch import SCHEDULE
+from agent.calendar import SCHEDULE
 from agent.config.schema import BOOLEAN, choice, option
 from agent.config.sections import PATH
 
@@ -15,6 +16,8 @@ ON_INSERT = ("backup", "notify", "ignore")
 @dataclass(frozen=True)
 class UsbOptions:
     """``[usb]``: the USB backup and rescue drive."""
+
+    TABLE: ClassVar[str] = "usb"
 
     on_insert: str = option("notify", choice(*ON_INSERT),
                             "when a steward drive is plugged in under steward run: back up to "

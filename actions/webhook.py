@@ -1,0 +1,205 @@
+"""``[notify.webhook]``: events POSTed as JSON to an HTTP(S) endpoint, or in Alertmanager's v2
+API shape (``mode = "alertmanager"``: the fleet's Prometheus Alertmanager receives steward's
+alerts and routes, groups and silences them with the rest).
+
+Each event is written to a persistent outbox (``<state>/webhook-outbox``) before anything is
+sent, and leaves it only once the endpoint answered 2xx; a worker thread retries with backoff
+(30 s doubling up to ``retry_max``), so a dead endpoint never holds up the supervisor and a
+SIGKILL of steward loses nothing. The URL as logged has no user, password or query string.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+from agent.config.schema import Parser, choice, number, option, table
+from agent.events import Event, at_least
+from agent.model import Status
+from agent.notify.outbox import DeliveryWorker, RawOutbox
+from agent.policy import CheckRecord
+
+log = logging.getLogger(__name__)
+MODES = ("json", "alertmanager")
+AM_PATH = "/api/v2/alerts"
+MAX_ANSWER = 4096  # bytes of an endpoint's answer read (and shown, cut, on an error)
+
+
+def _url(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("not a string")
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http:// or https:// URL with a host")
+    if any(c.isspace() or ord(c) < 32 for c in v):
+        raise ValueError("has white space or control characters")
+    parts.port  # noqa: B018 -- raises ValueError on a bad port
+    return v
+
+
+def _header_name(v: Any) -> str:
+    if not isinstance(v, str) or not v or any(not (c.isalnum() or c in "-_") for c in v):
+        raise ValueError("not a header name (letters, digits, - and _)")
+    return v
+
+
+def _header_value(v: Any) -> str:
+    if not isinstance(v, str) or "\n" in v or "\r" in v or "\0" in v:
+        raise ValueError("not one line of text (a newline would start another header)")
+    return v
+
+
+def shown(url: str) -> str:
+    """``url`` as it may appear in a log: no user, password, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+@dataclass(frozen=True)
+class WebhookOptions:
+    """``[notify.webhook]``: events to an HTTP endpoint or a Prometheus Alertmanager."""
+
+    TABLE: ClassVar[str] = "notify.webhook"
+
+    url: str | None = option(None, Parser(_url, "an http:// or https:// URL"),
+                             "where events are POSTed; unset: no webhook. Alertmanager mode: "
+                             "its base URL (http://am:9093) or the full /api/v2/alerts")
+    mode: str = option("json", choice(*MODES), "json: one JSON object per event; "
+                       "alertmanager: Alertmanager's v2 postableAlerts")
+    min_severity: str = option("WARN", choice("WARN", "UNKNOWN", "CRIT"),
+                               "events below this are not sent (recoveries of what was sent "
+                               "always are)")
+    headers: Mapping[str, str] | None = option(None, table(Parser(_header_name, "a header name"),
+                                                  Parser(_header_value, "one line of text")),
+                                        "extra HTTP headers, e.g. { Authorization = "
+                                        "\"Bearer ...\" }")
+    timeout: float = option(10.0, number(1, 300), "seconds for each POST")
+    retry_max: float = option(1800.0, number(10, 86400), "longest wait between attempts "
+                              "of an event not yet delivered")
+
+    @property
+    def endpoint(self) -> str:
+        assert self.url is not None
+        if self.mode == "alertmanager" and not self.url.rstrip("/").endswith(AM_PATH):
+            return self.url.rstrip("/") + AM_PATH
+        return self.url
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
+
+
+def json_body(event: Event, host: str) -> dict[str, Any]:
+    return {"host": host, **event.to_dict()}
+
+
+def alertmanager_body(event: Event, host: str, now: float) -> list[dict[str, Any]]:
+    """One postableAlert (Alertmanager API v2): a recovery ends the alert (endsAt now)."""
+    plugin = event.check.split(":", 1)[0]
+    alert: dict[str, Any] = {
+        "labels": {"alertname": f"steward_{plugin}".replace("-", "_"), "check": event.check,
+                   "instance": host, "severity": event.status.name.lower(),
+                   "kind": event.kind, "job": "steward"},
+        "annotations": {"summary": event.summary,
+                        **({"description": event.details} if event.details else {}),
+                        **({"remedy": event.remedy} if event.remedy else {}),
+                        **({"actions": "; ".join(event.actions)} if event.actions else {})},
+        "startsAt": _iso(event.since or now),
+    }
+    if event.status is Status.OK:
+        alert["endsAt"] = _iso(now)
+    return [alert]
+
+
+class WebhookAction:
+    """The ``webhook`` action: a Notifier that queues each event it takes and delivers from
+    the outbox in its own thread."""
+
+    name: ClassVar[str] = "webhook"
+    Options: ClassVar[type[WebhookOptions]] = WebhookOptions
+
+    @classmethod
+    def create(cls, options: WebhookOptions, state_dir: Path, host: str
+               ) -> WebhookAction | None:
+        return cls(options, state_dir, host) if options.url else None
+
+    def __init__(self, opts: WebhookOptions, state_dir: Path, host: str) -> None:
+        self.opts, self.host = opts, host
+        self.outbox = RawOutbox(Path(state_dir) / "webhook-outbox", opts.retry_max)
+        self.sent: set[str] = set()  # checks whose problem was sent: their recovery is too
+        self._worker: DeliveryWorker | None = None
+
+    def wants(self, event: Event) -> bool:
+        if event.status is Status.OK:
+            return event.kind != "recovery" or event.check in self.sent or \
+                at_least(Status.WARN, self.opts.min_severity)
+        return at_least(event.status, self.opts.min_severity)
+
+    def send(self, event: Event, host: str) -> None:
+        if not self.wants(event):
+            return
+        if event.status is Status.OK:
+            self.sent.discard(event.check)
+        else:
+            self.sent.add(event.check)
+        now = time.time()
+        body = alertmanager_body(event, host, now) if self.opts.mode == "alertmanager" \
+            else json_body(event, host)
+        name = self.outbox.put_text(json.dumps(body, sort_keys=True), now)
+        log.info("webhook %s queued for %s: %s %s", name, shown(self.opts.endpoint),
+                 event.check, event.status.name)
+        if self._worker:
+            self._worker.kick()
+
+    def post(self, body: bytes) -> Sequence[tuple[str, bool, str]]:
+        """One POST; (url as shown, 2xx, what came back)."""
+        import http.client
+
+        url = self.opts.endpoint
+        parts = urlsplit(url)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else \
+            http.client.HTTPConnection
+        path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        headers = {"Content-Type": "application/json", "User-Agent": "steward",
+                   **(self.opts.headers or {})}
+        if parts.username is not None and "Authorization" not in headers:
+            import base64
+
+            cred = f"{parts.username}:{parts.password or ''}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(cred).decode()
+        conn = cls(parts.hostname or "", parts.port, timeout=self.opts.timeout)
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            answer = conn.getresponse()
+            text = answer.read(MAX_ANSWER).decode("utf-8", "replace").strip()
+        except (OSError, http.client.HTTPException) as e:
+            return [(shown(url), False, f"{type(e).__name__}: {e}")]
+        finally:
+            conn.close()
+        ok = 200 <= answer.status < 300
+        return [(shown(url), ok, f"HTTP {answer.status}" + ("" if ok else f": {text[:200]}"))]
+
+    def tick(self, now: float, checks: Mapping[str, CheckRecord]) -> None:
+        return None
+
+    def start(self) -> None:
+        self._worker = DeliveryWorker(self.outbox, self.post, what="webhook", retry_at_start=True)
+        self._worker.start()
+
+    def stop(self) -> None:
+        if self._worker:
+            self._worker.stop()
+
+
