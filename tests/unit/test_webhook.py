@@ -196,8 +196,16 @@ def test_steward_run_loses_no_event_across_sigkill_and_logs_no_url_secret(tmp_pa
     outbox = state / "webhook-outbox"
     first, second = tmp_path / "stderr1", tmp_path / "stderr2"
     proc = _run(conf, state, first)
+    def said() -> bool:  # the daemon's own record that the problem was passed on
+        try:
+            rec = json.loads((state / "state.json").read_text())["checks"]
+            return rec[f"port:127.0.0.1:{closed}"]["alerted"] == "CRIT"
+        except (OSError, ValueError, KeyError):
+            return False
+
     try:  # nothing listens yet: the event waits in the outbox
-        _wait(lambda: list(outbox.glob("*.body")) and "not delivered" in first.read_text())
+        _wait(lambda: list(outbox.glob("*.body")) and "not delivered" in first.read_text()
+              and said())
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
