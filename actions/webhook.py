@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
-from agent.config.schema import Parser, choice, number, option, table
+from agent.config.schema import Parser, choice, http_url, number, option, table
 from agent.events import Event, at_least
 from agent.model import Status
 from agent.notify.outbox import DeliveryWorker, RawOutbox
@@ -33,15 +33,10 @@ MAX_ANSWER = 4096  # bytes of an endpoint's answer read (and shown, cut, on an e
 
 
 def _url(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError("not a string")
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("not an http:// or https:// URL with a host")
-    if any(c.isspace() or ord(c) < 32 for c in v):
+    url = http_url(v)
+    if any(c.isspace() or ord(c) < 32 for c in url):
         raise ValueError("has white space or control characters")
-    parts.port  # noqa: B018 -- raises ValueError on a bad port
-    return v
+    return url
 
 
 def _header_name(v: Any) -> str:

@@ -28,12 +28,10 @@ class EntryPoint:
 _DIST = re.compile(r"^([^-]+)-.*\.(dist-info|egg-info)$")
 
 
-def entry_points(group: str) -> list[EntryPoint]:
-    """The group's entry points of the distributions on sys.path, the first copy of each
-    distribution winning (as importlib.metadata does). Read straight from entry_points.txt:
-    importlib.metadata would cost the daemon 4.5 MB of memory (email, zipfile, csv...)."""
-    found: dict[str, EntryPoint] = {}
-    dists: set[str] = set()
+def _distributions() -> list[tuple[str, str]]:
+    """(normalised name, dist-info or egg-info folder) of each distribution on sys.path, the
+    first copy of each winning (as importlib.metadata does)."""
+    found: dict[str, str] = {}
     for base in sys.path:
         try:
             entries = sorted(os.scandir(base or "."), key=lambda e: e.name)
@@ -41,16 +39,24 @@ def entry_points(group: str) -> list[EntryPoint]:
             continue
         for entry in entries:
             m = _DIST.match(entry.name)
-            if not m or m.group(1).lower().replace("_", "-") in dists:
-                continue
-            dists.add(m.group(1).lower().replace("_", "-"))
-            try:
-                with open(os.path.join(entry.path, "entry_points.txt"), encoding="utf-8") as f:
-                    text = f.read()
-            except OSError:
-                continue
-            for name, value in _group(text, group):
-                found.setdefault(name, EntryPoint(name, value))
+            if m:
+                found.setdefault(m.group(1).lower().replace("_", "-"), entry.path)
+    return list(found.items())
+
+
+def entry_points(group: str) -> list[EntryPoint]:
+    """The group's entry points of the distributions on sys.path. Read straight from
+    entry_points.txt: importlib.metadata would cost the daemon 4.5 MB of memory (email,
+    zipfile, csv...)."""
+    found: dict[str, EntryPoint] = {}
+    for _, path in _distributions():
+        try:
+            with open(os.path.join(path, "entry_points.txt"), encoding="utf-8") as f:
+                text = f.read()
+        except OSError:
+            continue
+        for name, value in _group(text, group):
+            found.setdefault(name, EntryPoint(name, value))
     return sorted(found.values(), key=lambda ep: ep.name)
 
 
@@ -71,13 +77,4 @@ def metadata_dir(dist: str) -> str | None:
     """The dist-info (or egg-info) folder of distribution ``dist`` that wins on sys.path: a
     copy of steward elsewhere (the rescue system) takes its entry_points.txt along."""
     want = dist.lower().replace("_", "-")
-    for base in sys.path:
-        try:
-            entries = sorted(os.scandir(base or "."), key=lambda e: e.name)
-        except OSError:
-            continue
-        for entry in entries:
-            m = _DIST.match(entry.name)
-            if m and m.group(1).lower().replace("_", "-") == want and entry.is_dir():
-                return entry.path
-    return None
+    return next((path for name, path in _distributions() if name == want), None)

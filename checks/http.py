@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from agent.config.schema import (
     BOOLEAN,
+    HTTP_URL,
     RANGE,
     REGEX,
     TEXT,
@@ -49,14 +50,6 @@ MAX_BODY = 1 << 20  # the regex sees at most the first MiB: enough for a health 
 REDIRECTS = (301, 302, 303, 307, 308)
 
 
-def _url(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError("not a string")
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("not an http:// or https:// URL with a host")
-    parts.port  # noqa: B018 -- raises ValueError on a bad port
-    return v
 
 
 def _statuses(v: Any) -> tuple[int, ...]:
@@ -70,7 +63,7 @@ def _statuses(v: Any) -> tuple[int, ...]:
 
 
 
-URL = Parser(_url, "an http:// or https:// URL")
+URL = HTTP_URL
 
 
 @dataclass(frozen=True)

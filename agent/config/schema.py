@@ -131,6 +131,20 @@ def _argv(v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
+def http_url(v: Any) -> str:
+    """``v`` if it is an http:// or https:// URL with a host (and a valid port, if any)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(v, str):
+        raise ValueError("not a string")
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http:// or https:// URL with a host")
+    parts.port  # noqa: B018 -- raises ValueError on a bad port
+    return v
+
+
+HTTP_URL = Parser(http_url, "an http:// or https:// URL")
 ARGV = Parser(_argv, '["/absolute/program", "arg", ...]')  # a command run without a shell
 
 

@@ -3,14 +3,15 @@ delivered by ``steward notify test`` to a real SMTP server on loopback."""
 
 from __future__ import annotations
 
+from agent.events import Event
 from agent.model import Status
-from agent.notify.templates import MailItem, Templates
+from agent.notify.templates import Templates
 from tests.conftest import run_steward
 from tests.mailserver import MailServer
 
 
 def test_an_alert_in_japanese_keeps_the_checks_own_words():
-    item = MailItem("problem", "service:postfix", Status.CRIT, "postfix.service failed <x>",
+    item = Event("problem", "service:postfix", Status.CRIT, "postfix.service failed <x>",
                     remedy="journalctl -u postfix", since=1_700_000_000.0)
     subject, text, html = Templates(None, "ja").render([item, item], host="mail1", kind="problem",
                                                        now=1_700_000_100.0)
