@@ -8,7 +8,6 @@ mod_md domains are judged from its config and md's store (checks/mdrenew.py)."""
 from __future__ import annotations
 
 import re
-import ssl
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -20,6 +19,7 @@ from agent.config.schema import TEXT, CheckOptions, listing, number, option, tab
 from agent.env import Env
 from agent.model import Check, Result, Status
 from agent.system.commands import CommandError
+from checks.x509 import x509_dates as _x509
 
 STARTTLS = {25: "smtp", 587: "smtp", 143: "imap", 110: "pop3"}
 TIMERS = ("certbot.timer", "certbot-renew.timer", "snap.certbot.renew.timer")
@@ -44,20 +44,6 @@ class CertRenewOptions(CheckOptions):
     timeout: float = option(60.0, number(0.1, 3600), "seconds before the check is UNKNOWN")
     interval: float = option(3600.0, number(1, 86400), "seconds between runs under steward "
                              "run")
-
-
-def _x509(pem: str, timeout: float) -> tuple[float, float, str]:
-    """(notBefore, notAfter, SHA-256 fingerprint) of a PEM certificate, by openssl."""
-    out = subprocess.run(["openssl", "x509", "-noout", "-startdate", "-enddate",
-                          "-fingerprint", "-sha256"], input=pem.encode(), capture_output=True,
-                         timeout=timeout, check=False).stdout.decode(errors="replace")
-    start = re.search(r"notBefore=(.+)", out)
-    end = re.search(r"notAfter=(.+)", out)
-    fp = re.search(r"Fingerprint=([0-9A-F:]+)", out)
-    if not (start and end and fp):
-        raise ValueError("not a PEM certificate")
-    return (ssl.cert_time_to_seconds(start.group(1).strip()),
-            ssl.cert_time_to_seconds(end.group(1).strip()), fp.group(1))
 
 
 def served_pem(endpoint: str, timeout: float) -> str:

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from agent.config.schema import TEXT, CheckOptions, Parser, listing, number, option
+from agent.config.schema import TEXT, CheckOptions, listing, number, option
 from agent.env import Env
 from agent.fileio import write_atomic
 from agent.model import Check, Result, Status
 from checks.dmarcsender import evidence_age, find_schedule
-from checks.maildns import _resolver
+from checks.maildns import RESOLVER
 
 MAX_FILES = 2000
 MAX_ZIP_MEMBERS = 4
@@ -63,8 +63,7 @@ class DmarcReportOptions(CheckOptions):
                                    "bytes of one message or one decompressed report at most")
     fail_warn: int = option(10, number(1, 1 << 30, integer=True),
                             "messages from one source failing DMARC that make a WARN")
-    resolvers: tuple[str, ...] = option((), listing(Parser(_resolver, '"ip" or "ip:port" or '
-                                                           '"[ipv6]:port"')),
+    resolvers: tuple[str, ...] = option((), listing(RESOLVER),
                                         "resolvers for the sources' PTR names; none: those "
                                         "of /etc/resolv.conf")
     ptr_timeout: float = option(2.0, number(0.1, 30), "seconds for one PTR lookup")

@@ -221,7 +221,7 @@ def _one(check: CertRenewCheck, name: str, domains: list[str], store: Path | Non
 
 
 def _x509_of(cert: Path, timeout: float) -> tuple[float, float, str] | None:
-    from checks.certrenew import _x509
+    from checks.x509 import x509_dates as _x509
 
     try:
         with cert.open("rb") as f:

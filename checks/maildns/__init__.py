@@ -35,6 +35,9 @@ def _domain(v: Any) -> str:
 
 
 
+RESOLVER = string('"ip" or "ip:port" or "[ipv6]:port"', split_resolver)
+
+
 def _ip(v: Any) -> str:
     if not isinstance(v, str):
         raise ValueError("not a string")
@@ -70,8 +73,7 @@ def _selectors(v: Any) -> Any:
 class MailDnsOptions(CheckOptions):
     domains: tuple[str, ...] = option((), listing(DOMAIN), "mail domains to audit; none: "
                                       "the check yields nothing")
-    resolvers: tuple[str, ...] = option((), listing(string('"ip" or "ip:port" or '
-                                                           '"[ipv6]:port"', split_resolver)),
+    resolvers: tuple[str, ...] = option((), listing(RESOLVER),
                                         "resolvers to ask; none: those of /etc/resolv.conf")
     sending_ips: tuple[str, ...] = option((), listing(Parser(_ip, "an IP address")),
                                           "addresses the appliance sends mail from (SPF, PTR "

@@ -133,4 +133,5 @@ def test_output_into_a_missing_folder_is_refused_before_running(steward, tmp_pat
 def test_only_matching_nothing_is_an_error_not_a_green_run(steward):
     proc = steward("check", "--only", "dsik*")
     assert proc.returncode == 2
-    assert "--only dsik*: matches no result of the enabled checks (audit, certrenew, disk, " in proc.stderr
+    assert "--only dsik*: matches no result of the enabled checks (audit, certrenew, disk, " \
+        in proc.stderr
