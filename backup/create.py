@@ -30,6 +30,7 @@ from backup.archive import (
     read_back,
     target_error,
 )
+from backup.changed import changed
 from backup.mounts import Filesystem, SourceLayout, read_mounts, source_layout
 from backup.options import BackupOptions
 from backup.plan import Cutter, Segment
@@ -158,6 +159,7 @@ class Writer:
         self.results: dict[int, dict[str, Any]] = {}
         self.keys: dict[int, str] = {}  # each final segment's key, taken once
         self.warnings: list[str] = []
+        self.changed: list[tuple[str, str]] = []  # (path from the source root, how)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: list[tuple[int, int]] = []  # heap of (-cost, index)
@@ -262,6 +264,7 @@ class Writer:
             fd = create_file(path)
             with self._slots:
                 warnings = pipe.run(fd)
+            moved = changed(fs.read_root, seg.members, warnings)
             sha256, stored = read_back(path, fd)
             try:
                 index.write(str(self.partial / "segments" / f"{name}.idx.gz"),
@@ -277,6 +280,8 @@ class Writer:
             self.done_bytes += seg.size
             self.done_files += len(seg.members)
             self.warnings.extend(f"{fs.prefix or '/'}: {w}" for w in warnings)
+            prefix = os.fsencode(fs.prefix)
+            self.changed.extend((index.logical(prefix, n), how) for n, how in moved)
             self.results[i] = {"sha256": sha256, "stored": stored, "reused": None}
 
     def _link(self, i: int) -> None:
@@ -441,8 +446,11 @@ def _manifest(gen_id: str, source: str, opts: BackupOptions, plan: Plan, *, writ
                    "sockets_skipped": sum(w.skipped_sockets for w in plan.walked),
                    "bytes": sum(s["bytes"] for s in segs), "stored": stored,
                    "written": sum(s["stored"] for s in segs if not s["reused"]),
-                   "reused_segments": len(plan.reused)},
+                   "reused_segments": len(plan.reused),
+                   "changed": len(writer.changed)},
         "warnings": writer.warnings[:200],
+        # Files that changed while read: archived as tar read them, not as the index says.
+        "changed": [{"path": p, "how": how} for p, how in sorted(writer.changed)[:1000]],
         "verified": {"at": _utc(now), "how": "new archives fsynced, read back from the target "
                      "past the page cache and compared with the bytes written (decompressed "
                      "and checked against zstd's checksums where those had left memory); "

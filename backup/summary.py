@@ -23,5 +23,12 @@ def committed_lines(out: Outcome, target: Path, keep: int) -> list[str]:
     if out.manifest["warnings"]:
         lines.append(f"{len(out.manifest['warnings'])} warnings (see manifest.json), first: "
                      f"{out.manifest['warnings'][0]}")
+    moved = out.manifest.get("changed", [])
+    if moved:
+        lines.append(f"{t.get('changed', len(moved))} files changed while being read (archived "
+                     "as read; see manifest.json \"changed\"):")
+        lines += [f"  {c['path']}: {c['how']}" for c in moved[:20]]
+        if len(moved) > 20:
+            lines.append(f"  ... and {t.get('changed', len(moved)) - 20} more")
     lines += [f"deleted generation {gen} ([backup] keep = {keep})" for gen in out.dropped]
     return lines
