@@ -165,6 +165,25 @@ def _failed(ctx: Ctx, rule: str, what: str, name: str, error: str) -> Result:
                       remedy="check the resolvers")
 
 
+def _one_txt(ctx: Ctx, rule: str, what: str, name: str, *, version: str, publish: str,
+             absent: str, several: str) -> Result | str:
+    """The one TXT record at ``name`` tagged ``v=<version>``, or the result saying why not:
+    the lookup failed (UNKNOWN), none (WARN), or several, which senders treat as none (CRIT)."""
+    ans = ctx.lookup.txt(name)
+    if ans.kind == "error":
+        return _failed(ctx, rule, what, name, ans.error)
+    found = [t for t in ans.records if re.search(rf"(\A|;)\s*v\s*=\s*{version}", t)]
+    if not found:
+        return ctx.result(rule, Status.WARN, absent,
+                          [f"TXT at {name}: {t[:200]}" for t in ans.records],
+                          remedy=f"publish {publish}")
+    if len(found) > 1:
+        return ctx.result(rule, Status.CRIT, f"{name} has {len(found)} v={version} records "
+                          f"({several})", [t[:200] for t in found],
+                          remedy=f"keep one v={version} record and delete the others")
+    return found[0]
+
+
 def mta_sts_rule(ctx: Ctx, port: int, timeout: float, cafile: str | None) -> Result:
     d = ctx.domain
     name = f"_mta-sts.{d}"
@@ -172,22 +191,15 @@ def mta_sts_rule(ctx: Ctx, port: int, timeout: float, cafile: str | None) -> Res
     url = f"https://{host}{POLICY_PATH}"
     publish = (f'{name}. TXT "v=STSv1; id=<date-serial>" and serve at {url} '
                f'"version: STSv1\\nmode: enforce\\nmx: mail.{d}\\nmax_age: 604800"')
-    ans = ctx.lookup.txt(name)
-    if ans.kind == "error":
-        return _failed(ctx, "mta-sts", "MTA-STS", name, ans.error)
     # a v=STSv1 out of place is a mistake to name, not an unrelated TXT record
-    found = [t for t in ans.records if re.search(r"(\A|;)\s*v\s*=\s*STSv1", t)]
-    if not found:
-        return ctx.result("mta-sts", Status.WARN, f"{d} publishes no MTA-STS policy: senders "
-                          "may deliver over unauthenticated or plain connections",
-                          [f"TXT at {name}: {t[:200]}" for t in ans.records],
-                          remedy=f"publish {publish}")
-    if len(found) > 1:
-        return ctx.result("mta-sts", Status.CRIT, f"{name} has {len(found)} v=STSv1 records "
-                          "(senders then ignore MTA-STS)", [t[:200] for t in found],
-                          remedy="keep one v=STSv1 record and delete the others")
-    txt = parse_sts_txt(found[0])
-    record = [f"record: {name} TXT {found[0][:200]}"]
+    one = _one_txt(ctx, "mta-sts", "MTA-STS", name, version="STSv1", publish=publish,
+                   absent=f"{d} publishes no MTA-STS policy: senders may deliver over "
+                   "unauthenticated or plain connections",
+                   several="senders then ignore MTA-STS")
+    if isinstance(one, Result):
+        return one
+    txt = parse_sts_txt(one)
+    record = [f"record: {name} TXT {one[:200]}"]
     if isinstance(txt, Invalid):
         return ctx.result("mta-sts", Status.CRIT, f"MTA-STS record is invalid: {txt.reason}",
                           record, remedy=f"publish {name}. TXT \"v=STSv1; id=<date-serial>\"")
@@ -297,21 +309,13 @@ def tlsrpt_rule(ctx: Ctx) -> Result:
     d = ctx.domain
     name = f"_smtp._tls.{d}"
     publish = f'{name}. TXT "v=TLSRPTv1; rua=mailto:tls-reports@{d}"'
-    ans = ctx.lookup.txt(name)
-    if ans.kind == "error":
-        return _failed(ctx, "tls-rpt", "TLS-RPT", name, ans.error)
-    found = [t for t in ans.records if re.search(r"(\A|;)\s*v\s*=\s*TLSRPTv1", t)]
-    if not found:
-        return ctx.result("tls-rpt", Status.WARN, f"{d} publishes no TLS-RPT record: senders "
-                          "cannot report TLS failures (MTA-STS, DANE)",
-                          [f"TXT at {name}: {t[:200]}" for t in ans.records],
-                          remedy=f"publish {publish}")
-    if len(found) > 1:
-        return ctx.result("tls-rpt", Status.CRIT, f"{name} has {len(found)} v=TLSRPTv1 "
-                          "records (senders then send no reports)", [t[:200] for t in found],
-                          remedy="keep one v=TLSRPTv1 record and delete the others")
-    uris = parse_tlsrpt(found[0])
-    record = [f"record: {name} TXT {found[0][:300]}"]
+    one = _one_txt(ctx, "tls-rpt", "TLS-RPT", name, version="TLSRPTv1", publish=publish,
+                   absent=f"{d} publishes no TLS-RPT record: senders cannot report TLS "
+                   "failures (MTA-STS, DANE)", several="senders then send no reports")
+    if isinstance(one, Result):
+        return one
+    uris = parse_tlsrpt(one)
+    record = [f"record: {name} TXT {one[:300]}"]
     if isinstance(uris, Invalid):
         return ctx.result("tls-rpt", Status.CRIT, f"TLS-RPT record is invalid: {uris.reason}",
                           record, remedy=f"publish {publish}")
