@@ -4,6 +4,8 @@ member of every segment before tar sees it; ``extract`` runs zstd | judge | tar.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import stat
 import subprocess
@@ -19,6 +21,7 @@ from backup.archive import (
     ArchiveError,
     big_pipe,
     tar_output,
+    target_error,
 )
 from backup.tarstream import DROP, FORWARD, HOLD, ZERO, Member, StreamError, filter_stream
 
@@ -105,6 +108,20 @@ class Jail:
             raise
         return fd
 
+    def take_back(self, names: Iterable[bytes]) -> int:
+        """Remove what tar wrote of ``names`` (beneath the destination; directories stay):
+        the files of an archive found damaged. Before any symlink of the generation is made,
+        so nothing is followed on the way; the number removed."""
+        done = 0
+        for name in names:
+            try:
+                os.unlink(name, dir_fd=self.root)
+                done += 1
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                    PermissionError):
+                continue  # not written, or a directory (EISDIR, EPERM): left
+        return done
+
     def links_made(self) -> None:
         """The held symlinks now exist: what was checked before may have changed."""
         self.checked.clear()
@@ -128,13 +145,15 @@ class Jail:
         return None
 
     def judge(self, prefix: str, segment: str, wanted: set[bytes] | None,
-              kinds: list[str] | None = None) -> Callable[[Member], str]:
+              kinds: list[str] | None = None,
+              mine: set[bytes] | None = None) -> Callable[[Member], str]:
         """The decision for each member of one segment; the type of each member held is
-        appended to ``kinds``. A hard link to a name this segment did not write is held
-        too: segments are extracted at the same time, its target may not be there yet."""
+        appended to ``kinds``, the name (beneath the destination) of each passed to tar
+        added to ``mine``. A hard link to a name this segment did not write is held too:
+        segments are extracted at the same time, its target may not be there yet."""
         pre = parts(os.fsencode(prefix))
         at = f"/{prefix}/" if prefix else "/"
-        mine: set[bytes] = set()  # what this segment forwarded
+        mine = set() if mine is None else mine  # what this segment forwarded
         kinds = [] if kinds is None else kinds
 
         def decide(m: Member) -> str:
@@ -189,15 +208,74 @@ def _argv(fd: int) -> list[str]:
             f"--directory=/proc/self/fd/{fd}"]
 
 
-def extract(path: str, fd: int, judge: Callable[[Member], str]) -> tuple[list[bytes], str,
-                                                                         list[str]]:
+class Mismatch(ArchiveError):
+    """An archive whose bytes, read while it was extracted, do not have its sha256."""
+
+    def __init__(self, path: str, why: str | None = None) -> None:
+        super().__init__(why or f"{path}: damaged (sha256 differs)")
+        self.path = path
+
+
+CHUNK_READ = 4 << 20  # an archive hashed while it is extracted is read in pieces this big
+
+
+class _Feeder:
+    """A thread reading the archive ``path`` once into zstd's stdin, hashing every byte on
+    the way; once zstd has stopped reading (it found the damage, or tar ended) the rest is
+    still hashed, so a damaged archive is always told as such."""
+
+    def __init__(self, path: str, zstd: subprocess.Popen[bytes]) -> None:
+        assert zstd.stdin is not None
+        self.path, self.sink, self.h = path, zstd.stdin, hashlib.sha256()
+        zstd.stdin = None  # the thread closes it; Popen's exit must not flush it meanwhile
+        big_pipe(self.sink.fileno())
+        self.error: OSError | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        sink: Any = self.sink
+        try:
+            with open(self.path, "rb", buffering=0) as src:
+                while chunk := src.read(CHUNK_READ):
+                    self.h.update(chunk)
+                    if sink is not None:
+                        try:
+                            sink.write(chunk)
+                        except (BrokenPipeError, ValueError):
+                            sink = None
+        except OSError as e:
+            self.error = e
+        finally:
+            if sink is not None:
+                with contextlib.suppress(OSError):
+                    sink.close()
+
+    def check(self, sha256: str) -> None:
+        """The error reading the archive, else a Mismatch if its bytes are not ``sha256``."""
+        self.thread.join(TAR_TIMEOUT)
+        if self.error is not None:
+            raise target_error(self.path, self.error)
+        if self.thread.is_alive():
+            raise ArchiveError(f"{self.path}: reading it took longer than {TAR_TIMEOUT:.0f} s")
+        if self.h.hexdigest() != sha256:
+            raise Mismatch(self.path)
+
+
+def extract(path: str, fd: int, judge: Callable[[Member], str],
+            sha256: str | None = None) -> tuple[list[bytes], str, list[str]]:
     """zstd -d ``path`` | judge | tar -x into the folder ``fd``: the held headers, why the
-    stream was cut short ("" if it was not), tar's messages."""
+    stream was cut short ("" if it was not), tar's messages. With ``sha256`` the archive is
+    read here once, hashed on its way into zstd, and a Mismatch raised (before any other
+    error: damage is what made zstd or tar fail) if it is not what was read; what tar
+    wrote of it is then still there, for the caller to take away."""
     env = dict(os.environ, LC_ALL="C")
     result: dict[str, Any] = {"held": [], "error": ""}
-    with subprocess.Popen(["zstd", "-dc", "-q", path], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, env=env) as zstd:
+    with subprocess.Popen(["zstd", "-dc", "-q", *([] if sha256 else [path])],
+                          stdin=subprocess.PIPE if sha256 else subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as zstd:
         assert zstd.stdout is not None and zstd.stderr is not None
+        feeder = _Feeder(path, zstd) if sha256 else None
         rfd, wfd = os.pipe()
         big_pipe(zstd.stdout.fileno())  # fewer, larger reads and writes through here
         big_pipe(wfd)
@@ -207,6 +285,7 @@ def extract(path: str, fd: int, judge: Callable[[Member], str]) -> tuple[list[by
                                    stderr=subprocess.STDOUT, env=env, pass_fds=(fd,))
         except BaseException:
             os.close(wfd)
+            zstd.kill()  # nothing reads it: its exit is not waited for in vain
             raise
         finally:
             os.close(rfd)
@@ -231,6 +310,8 @@ def extract(path: str, fd: int, judge: Callable[[Member], str]) -> tuple[list[by
         worker.join(60)
         zerr = zstd.stderr.read()
         zstd.wait(60)
+    if feeder is not None and sha256:
+        feeder.check(sha256)
     if "crash" in result:
         raise result["crash"]
     lines = out.decode("utf-8", "replace").splitlines()

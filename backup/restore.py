@@ -38,7 +38,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,9 +86,11 @@ def _holds(gen: Generation, seg: dict[str, Any]) -> str:
     return f"{len(paths)} entries, {paths[0]} … {paths[-1]}"
 
 
-def verify(gen: Generation, live: str | None = None) -> VerifyReport:
+def verify(gen: Generation, live: str | None = None, *, archives: bool = True) -> VerifyReport:
     """Re-read every file of the generation against SHA256SUMS and the manifest; with ``live``
-    (the source root) also compare the archives with the live files (tar --compare)."""
+    (the source root) also compare the archives with the live files (tar --compare). Without
+    ``archives`` the segments' archives are only found to be there with the size the backup
+    stored (their sha256 is then checked as they are extracted) and nothing is recorded."""
     report = VerifyReport(gen.id)
     manifest = gen.manifest()
     sums = _sums(gen)
@@ -100,6 +102,18 @@ def verify(gen: Generation, live: str | None = None) -> VerifyReport:
             continue
         if seg is not None and seg["sha256"] != sums[name]:
             report.problems.append(f"{name}: manifest and SHA256SUMS disagree")
+        if not archives and seg is not None:
+            try:
+                size = os.stat(gen.path / name).st_size
+            except OSError as e:
+                report.problems.append(f"{name}: unreadable: {e.strerror}")
+                continue
+            report.checked += 1
+            report.bytes += size
+            if seg.get("stored", size) != size:
+                report.problems.append(f"{name}: damaged ({size} bytes, not the "
+                                       f"{seg['stored']} written); it holds {_holds(gen, seg)}")
+            continue
         try:
             digest, size = archive.hash_file(str(gen.path / name))
         except ArchiveError as e:
@@ -121,6 +135,8 @@ def verify(gen: Generation, live: str | None = None) -> VerifyReport:
                 text = (line[5:] if line.startswith("tar: ") else line).strip()
                 if text and not text.startswith("Exiting with failure"):
                     report.differences.append(prefix + text)
+    if not archives:
+        return report
     gen.record_verify({"ok": report.ok, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                             time.gmtime()),
                        "checked": report.checked, "bytes": report.bytes,
@@ -225,20 +241,28 @@ def select(gen: Generation, manifest: dict[str, Any], paths: Iterable[str]) -> S
 
 
 def restore(gen: Generation, paths: Iterable[str], dest: Path,
-            say: Callable[[str], None] = print, *, devices: bool = False) -> Selection:
-    """Extract ``paths`` (or "/" for everything) of ``gen`` under ``dest``; the archives
-    involved are checked against their sha256 before anything is written, and every member
-    is kept beneath ``dest`` (see the module's docstring). Device nodes only with
-    ``devices``."""
+            say: Callable[[str], None] = print, *, devices: bool = False,
+            hash_first: bool = True) -> Selection:
+    """Extract ``paths`` (or "/" for everything) of ``gen`` under ``dest``; every member is
+    kept beneath ``dest`` (see the module's docstring). Device nodes only with ``devices``.
+
+    The archives involved are checked against their sha256 before anything is written
+    (``hash_first``: ``restore-file`` into a live system, where a file tar overwrote from a
+    damaged archive cannot be given back), or each one while it is extracted (read once;
+    the bare-metal ``steward restore``, whose new filesystems hold nothing to lose): then a
+    damaged one is an ArchiveError naming it, raised once every segment has run, the files
+    tar wrote from it are removed again and nothing after the files is done (no symlinks,
+    no directory times)."""
     manifest = gen.manifest()
     check_manifest(gen, manifest)
     sel = select(gen, manifest, paths)
     segs = {s["name"]: s for s in manifest["segments"]}
-    for name in sel.members:
+    for name in sel.members if hash_first else ():
         digest, _ = archive.hash_file(str(gen.path / "segments" / f"{name}.tar.zst"))
         if digest != segs[name]["sha256"]:
             raise ArchiveError(f"segments/{name}.tar.zst is damaged (sha256 differs); nothing "
                                "was restored")
+    sums = {} if hash_first else {n: segs[n]["sha256"] for n in sel.members}
     dest.mkdir(parents=True, exist_ok=True)
     prefixes = [fs["prefix"] for fs in manifest["filesystems"]]
     # Directories first (they exist with their owners and modes before files go in), files,
@@ -252,13 +276,17 @@ def restore(gen: Generation, paths: Iterable[str], dest: Path,
         j.links.update(_symlinks(gen, manifest, sel))
         for name in dirs:
             _took(j, say, _extract(gen, name, prefixes[segs[name]["fs"]], sel.members[name],
-                                   j=j))
+                                   j=j, sha256=sums.get(name)))
         # The files: each segment in its own zstd | judge | tar, several at once (a bounded
         # pool). Nothing they write is a symlink (held), so what one judged stays true while
         # the others write; a hard link to another segment's file is held too.
         with ThreadPoolExecutor(max(1, min(WORKERS, len(data)))) as pool:
             futures = [pool.submit(_extract, gen, name, prefixes[segs[name]["fs"]],
-                                   sel.members[name], j=j) for name in data]
+                                   sel.members[name], j=j, sha256=sums.get(name))
+                       for name in data]
+        damaged = [e for e in map(Future.exception, futures) if isinstance(e, jail.Mismatch)]
+        if damaged:  # every one named, each one's files taken back (in _extract)
+            raise jail.Mismatch(damaged[0].path, "; ".join(str(e) for e in damaged))
         for fut in futures:  # in segment order: the first error, the lines, the held links
             _took(j, say, fut.result())
         for prefix, held in j.held.items():
@@ -269,7 +297,7 @@ def restore(gen: Generation, paths: Iterable[str], dest: Path,
         j.held.clear()
         for name in dirs:
             _took(j, say, _extract(gen, name, prefixes[segs[name]["fs"]], sel.members[name],
-                                   j=j))
+                                   j=j, sha256=sums.get(name)))
         sel.refused, sel.refused_count, sel.skipped = j.refused, j.refused_count, j.skipped
     return sel
 
@@ -334,18 +362,30 @@ def _make_links(j: jail.Jail, prefix: str, headers: list[bytes]) -> Callable[[in
 
 
 def _extract(gen: Generation, name: str, prefix: str, members: list[bytes] | None, *,
-             j: jail.Jail) -> tuple[str, list[tuple[str, bytes]], list[str]]:
+             j: jail.Jail, sha256: str | None = None
+             ) -> tuple[str, list[tuple[str, bytes]], list[str]]:
     """One segment into its filesystem's folder: (prefix, what was held with its type,
-    tar's lines)."""
+    tar's lines). With ``sha256``, checked while it is read: if it differs, what tar wrote
+    of it is removed and a Mismatch says so."""
     wanted = None if members is None else {
         b"/".join(p for p in m.split(b"/") if p and p != b".") for m in members}
     path = str(gen.path / "segments" / f"{name}.tar.zst")
     kinds: list[str] = []
     got: list[tuple[str, bytes]] = []
     said: list[str] = []
+    mine: set[bytes] = set()
 
     def work(fd: int) -> None:
-        held, cut, lines = jail.extract(path, fd, j.judge(prefix, name, wanted, kinds))
+        try:
+            held, cut, lines = jail.extract(path, fd, j.judge(prefix, name, wanted, kinds,
+                                                              mine), sha256)
+        except jail.Mismatch as e:
+            seg = next((s for s in gen.manifest()["segments"] if s["name"] == name), None)
+            what = f"; it holds {_holds(gen, seg)}" if seg is not None else ""
+            removed = j.take_back(mine)
+            raise jail.Mismatch(e.path, f"segments/{name}.tar.zst is damaged (sha256 differs"
+                                f"{what}), found while it was extracted: the {removed} files "
+                                "written from it were removed again") from None
         got.extend(zip(kinds, held))
         if cut:
             j.refuse(f"refused the rest of segments/{name}.tar.zst: {cut}")

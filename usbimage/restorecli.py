@@ -1,10 +1,21 @@
 """``steward restore``: rebuild the machine from a generation — in the rescue boot, or from
 any live system with the drive attached (cold standby onto a spare disk).
 
-Order, so that nothing is written unless everything needed is there and intact: read the
-generation and its layout; map the saved disks onto the present ones and plan every step;
-show the plan; re-read every archive against its sha256; get the target disks' names typed
-(or --yes); then partition, LVM, filesystems, extract, fixes, boot loader, report.
+Order, so that nothing is written unless everything needed is there: read the generation
+and its layout; map the saved disks onto the present ones and plan every step; show the
+plan; check the generation is whole (manifest, SHA256SUMS, every index against its sha256,
+every archive there with the size written); get the target disks' names typed (or --yes);
+then partition, LVM, filesystems, extract, fixes, boot loader, report.
+
+Each archive is read once, by the extraction, and hashed on the way (``restore(...,
+hash_first=False)``): re-reading 1 GB from a USB stick first would make the restore half as
+fast again. That is safe here where ``restore-file`` into a live system must hash first:
+the new filesystems were just made, so tar overwrites nothing that could be lost, and a
+damaged archive is still no restore — the files written from it are removed again, the
+restore FAILS naming the archive, and neither symlinks, directory times, fixes, boot loader
+nor report follow, so nothing of it is left looking restored. What hashing first still
+gives (a damaged generation found before any disk is touched) is ``--plan``'s job: it
+reads every archive against its sha256 and writes nothing.
 """
 
 from __future__ import annotations
@@ -44,9 +55,10 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
         "UUIDs and labels) on the disks present, extract the generation, restore SELinux "
         "labels, fix fstab and the boot loader configuration where UUIDs had to change, "
         "reinstall the boot loader for the saved boot mode and leave a report in "
-        f"/{REPORT}. Every archive is checked against its sha256 before any disk is written. "
-        "Exit 0 restored, 1 failed or aborted (a damaged generation: nothing written), "
-        "2 refused (bad arguments, no disk fits, a disk in use).")
+        f"/{REPORT}. The generation is checked to be whole before any disk is written, and "
+        "each archive against its sha256 as it is extracted (--plan: every archive, before "
+        "anything). Exit 0 restored, 1 failed (a damaged archive: named, its files removed, "
+        "no boot loader) or aborted, 2 refused (bad arguments, no disk fits, a disk in use).")
     common(r)
     r.add_argument("generation", nargs="?", metavar="GEN",
                    help="the generation (default: the newest verified one)")
@@ -60,8 +72,8 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
     r.add_argument("--new-uuids", action="store_true", help="make new filesystem and "
                    "partition UUIDs (and fix fstab/boot loader) even where the saved ones are "
                    "free; saved UUIDs in use on this machine are always replaced")
-    r.add_argument("--plan", action="store_true", help="show the plan and check the archives; "
-                   "write nothing")
+    r.add_argument("--plan", action="store_true", help="show the plan and check every "
+                   "archive against its sha256; write nothing")
     r.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     r.add_argument("--mount-dir", type=Path, default=Path(DEFAULT_MOUNT), metavar="DIR",
                    help=f"where the restored system is mounted meanwhile (default {DEFAULT_MOUNT})")
@@ -227,34 +239,79 @@ def _confirmed(plan: Plan, stdin: TextIO, out: TextIO) -> bool:
 
 def restore_command(args: argparse.Namespace, runner: CommandRunner, gen: Generation, *,
                     stdin: TextIO, out: TextIO) -> int:
-    from backup.restore import restore, verify
+    from backup.restore import Damaged, VerifyReport, check_manifest, restore, verify
 
     plan = plan_for(gen, runner, _parse_map(args.map), args.new_uuids)
     out.write(text(plan))
-    out.write(f"checking every archive of {gen.id} against its sha256 before writing...\n")
+    out.write(f"checking {'every archive' if args.plan else 'the generation'} of {gen.id} "
+              f"{'against its sha256 ' if args.plan else ''}before writing...\n")
     out.flush()
-    report = verify(gen)
+    try:
+        check_manifest(gen, gen.manifest())
+        report = verify(gen, archives=args.plan)
+    except Damaged as e:
+        report = VerifyReport(gen.id, problems=[str(e)])
     if not report.ok:
         for p in report.problems:
             out.write(f"DAMAGED: {p}\n")
         out.write(f"generation {gen.id} is damaged: nothing was written to any disk; restore "
                   "another generation (steward backup list)\n")
         return 1
-    out.write(f"archives intact: {report.checked} files, {human(report.bytes)}\n")
     if args.plan:
+        out.write(f"archives intact: {report.checked} files, {human(report.bytes)}\n")
         out.write("--plan: nothing written\n")
         return 0
+    out.write(f"generation whole: {report.checked} files, {human(report.bytes)}; each archive "
+              "is checked against its sha256 as it is extracted\n")
     if not args.yes and not _confirmed(plan, stdin, out):
         out.write("aborted: nothing was written\n")
         return 1
-    return execute(plan, runner, args.mount_dir, out, restore)
+    return execute(plan, runner, args.mount_dir, out,
+                   lambda *a, **k: restore(*a, hash_first=False, **k))
+
+
+class _Times:
+    """Seconds per part of the restore, for the report's "time:" line."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[str, float]] = []
+        self.started = self.last = time.monotonic()
+
+    def lap(self, what: str) -> float:
+        now = time.monotonic()
+        took, self.last = now - self.last, now
+        self.parts.append((what, took))
+        return took
+
+
+def _fixes(plan: Plan, root: Path, run: Any, times: _Times) -> list[str]:
+    """UUIDs, SELinux, boot loader, LVM devices file, initramfs: what each did."""
+    from usbimage import restoredisk, restorefix
+
+    lines = []
+    changed = restorefix.rename_uuids(plan, root)
+    if changed:
+        lines.append(f"UUIDs replaced in {', '.join(changed)}")
+    lines.append(restorefix.selinux(root))
+    times.lap("UUIDs and SELinux")
+    with restoredisk.chroot_mounts(root, run):
+        boot = restorefix.uefi_loader if plan.boot_mode == "uefi" else restorefix.bios_loader
+        lines.append(boot(plan, root, run))
+        times.lap("boot loader")
+        devices, listed = restorefix.lvm_devices(plan, root, run)
+        if devices:
+            lines.append(devices)
+            times.lap("LVM devices file")
+        lines.append(restorefix.initramfs(plan, root, run, listed))
+        times.lap("initramfs")
+    return lines
 
 
 def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
             restore: Callable[..., Any]) -> int:
-    from usbimage import restoredisk, restorefix
+    from usbimage import restoredisk
 
-    started = time.monotonic()
+    times = _Times()
     lines: list[str] = []
 
     def say(line: str) -> None:
@@ -267,8 +324,8 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
         restoredisk.lvm(plan, run)
         restoredisk.make_filesystems(plan, run)
         with restoredisk.mounted_tree(plan, mount_dir, run) as root:
+            times.lap("disks (partitions, LVM, filesystems, mounts)")
             say(f"extracting {plan.generation.id} into {root}")
-            extracting = time.monotonic()
             sel = restore(plan.generation, ["/"], root, say=lambda _: None, devices=True)
             for line in sel.refused:
                 say(line)
@@ -278,30 +335,25 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
                     f"have been written outside {root} (the drive's generation is not what "
                     "steward wrote)")
             lines.append(f"extracted {sel.entries} entries in "
-                         f"{time.monotonic() - extracting:.0f} s")
-            fixing = time.monotonic()
-            changed = restorefix.rename_uuids(plan, root)
-            if changed:
-                lines.append(f"UUIDs replaced in {', '.join(changed)}")
-            lines.append(restorefix.selinux(root))
-            with restoredisk.chroot_mounts(root, run):
-                boot = (restorefix.uefi_loader if plan.boot_mode == "uefi"
-                        else restorefix.bios_loader)
-                lines.append(boot(plan, root, run))
-                devices, listed = restorefix.lvm_devices(plan, root, run)
-                if devices:
-                    lines.append(devices)
-                lines.append(restorefix.initramfs(plan, root, run, listed))
-            lines.append(f"boot fixes took {time.monotonic() - fixing:.0f} s")
-            lines.append(f"took {time.monotonic() - started:.0f} s")
+                         f"{times.lap('extraction (read, sha256, zstd, tar)'):.0f} s")
+            lines += _fixes(plan, root, run, times)
+            runner.run(["sync"], timeout=600)  # the restore is done once it is on the disks
+            fixing = sum(s for what, s in times.parts[2:])
+            lines.append(f"boot fixes took {fixing:.0f} s")
+            times.lap("sync")
+            lines.append("time: " + ", ".join(f"{w} {t:.1f} s" for w, t in times.parts))
+            lines.append(f"took {time.monotonic() - times.started:.0f} s")
             for line in lines:
                 say(line)
             _write_report(root, plan, lines, run.done)
         runner.run(["sync"], timeout=600)
     except (restoredisk.RestoreError, OSError, StoreError, ArchiveError) as e:
+        from backup.jail import Mismatch
+
+        then = ("restore another generation (steward backup list)"
+                if isinstance(e, Mismatch) else "fix the cause and run steward restore again")
         out.write(f"steward: restore FAILED: {e}\nSteps done: {'; '.join(run.done) or 'none'}"
-                  "\nThe disks are partly written: fix the cause and run steward restore "
-                  "again.\n")
+                  f"\nThe disks are partly written: {then}.\n")
         return 1
     finally:
         restoredisk.deactivate(plan, run)

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tarfile
 from pathlib import Path
 
+import pytest
+
+from backup import jail, restore
+from backup.store import Store
 from tests.backup.conftest import backup, generations
 from tests.backup.hostile import forge
 
@@ -70,3 +75,55 @@ def tar_dirs() -> bytes:
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
             t.addfile(info)
     return out.getvalue()
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_hashing_while_extracting_names_every_damaged_archive_and_takes_its_files_back(
+        tmp_path: Path, target: Path) -> None:
+    """The bare-metal restore's single pass (``hash_first=False``): every segment is read
+    once, hashed on its way into zstd. Two damaged ones among four running at once: both
+    named, the files written from them removed, the intact ones' files kept, and nothing of
+    what comes after the files (held links, directory times) done."""
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc/placeholder").write_text("x\n")
+    assert backup("create", "--source", str(src), "--target", str(target)).returncode == 0
+    gen = target / str(generations(target)[-1]["id"])
+    noise = [os.urandom(1 << 20) for _ in range(3)]  # zstd cannot shrink it: the flip is data
+    forge(gen, [
+        ("data", _tar(*((f"etc/a{n}", noise[0][n::8], "") for n in range(8)))),
+        ("data", _tar(*((f"etc/b{n}", noise[1][n::8], "") for n in range(8)))),
+        ("data", _tar(("etc/c", noise[2], ""), ("etc/to-a0", None, "=etc/a0"))),
+        ("data", _tar(("etc/sym", None, "->c"))),
+        ("dirs", tar_dirs()),
+    ])
+    store = Store(target)
+    g = store.find(gen.name)
+    to = tmp_path / "single"
+    assert restore.restore(g, ["/"], to, say=lambda _: None, hash_first=False).entries == 21
+    assert (to / "etc/a3").read_bytes() == noise[0][3::8] and os.readlink(to / "etc/sym") == "c"
+    _flip(gen / "segments/0000.tar.zst")
+    _flip(gen / "segments/0002.tar.zst")
+    to = tmp_path / "damaged"
+    with pytest.raises(jail.Mismatch) as failed:
+        restore.restore(g, ["/"], to, say=lambda _: None, hash_first=False)
+    why = str(failed.value)
+    # zstd stops at the damage: what it had given tar before (a count > 0) is taken back
+    assert re.fullmatch(r"segments/0000.tar.zst is damaged \(sha256 differs; it holds 8 "
+                        r"entries, /etc/a0 … /etc/a7\), found while it was extracted: the "
+                        r"[1-8] files written from it were removed again; segments/0002.tar.zst "
+                        r"is damaged \(sha256 differs; it holds 2 entries, /etc/c … "
+                        r"/etc/to-a0\), found while it was extracted: the [01] files written "
+                        r"from it were removed again", why), why
+    assert sorted(p.name for p in (to / "etc").iterdir()) == [f"b{n}" for n in range(8)]
+    assert (to / "etc/b5").read_bytes() == noise[1][5::8]
+    # restore-file hashes first: nothing is written
+    r = backup("restore-file", gen.name, "/", "--to", str(tmp_path / "file"), "--target",
+               str(target))
+    assert r.returncode == 1 and "segments/0000.tar.zst is damaged" in r.stderr, r.stderr
+    assert not (tmp_path / "file/etc").exists()

@@ -1,13 +1,14 @@
 """``steward restore`` onto loop-device disks: a "server" disk (GPT: BIOS boot, ESP, swap,
 ext4 root, xfs /srv) is backed up, then rebuilt on a blank disk and compared inode by inode;
 saved UUIDs, labels and partition GUIDs come back, or new ones (with fstab fixed) when the
-saved ones are still in use; damaged archives and wrong disks are refused before anything is
-written."""
+saved ones are still in use; a missing or short archive and wrong disks are refused before
+anything is written, a damaged one fails the restore with nothing of it left."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -16,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from backup import index
 from tests.backup.hostile import forge, tar_of, tree
 from tests.conftest import run_steward
 from tests.fstree import build_tree, diff, snapshot
 from tests.usb.conftest import fingerprint, root_loop, sh
+from usbimage.restorecli import REPORT
 
 pytestmark = root_loop
 MiB = 2**20
@@ -126,7 +129,9 @@ def test_bare_metal_restore_keeps_uuids_labels_and_every_inode(
     r = restore("--target", str(server.target), "--map", f"{saved}={new}", "--yes",
                 "--mount-dir", str(tmp_path / "mnt"))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "archives intact" in r.stdout and "EVERYTHING ON" in r.stdout
+    assert "generation whole" in r.stdout and "EVERYTHING ON" in r.stdout
+    assert re.search(r"^time: disks .* s, extraction .* s, .*initramfs .* s, sync .* s$",
+                     r.stdout, re.M), r.stdout
     for part, was in server.ids.items():
         now = blkid(f"{new}{part}")
         for key in ("TYPE", "UUID", "LABEL", "PART_ENTRY_UUID", "PART_ENTRY_NAME"):
@@ -161,22 +166,68 @@ def test_uuids_in_use_here_are_replaced_and_fstab_follows(
     assert int(sh("blockdev", "--getsize64", f"{new}p5")) >= was + 199 * MiB
 
 
-def test_damaged_archive_is_found_before_any_disk_is_written(
-        server: Server, loop_disk: Callable[[int], str], tmp_path: Path) -> None:
-    gen = next(p for p in server.target.iterdir() if p.name[0].isdigit())
-    seg = max((gen / "segments").glob("*.tar.zst"), key=lambda p: p.stat().st_size)
-    with open(seg, "r+b") as f:
-        f.seek(seg.stat().st_size // 2)
+def _flip_middle_byte(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
         byte = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_damaged_archive_fails_the_restore_and_nothing_of_it_looks_restored(
+        server: Server, loop_disk: Callable[[int], str], tmp_path: Path,
+        mounted: list[Path]) -> None:
+    """Each archive is read once, hashed while it is extracted: one flipped byte fails the
+    restore naming the archive, the files written from it are removed again and no boot
+    loader, report or fix follows. --plan still reads every archive first, writing nothing."""
+    gen = next(p for p in server.target.iterdir() if p.name[0].isdigit())
+    seg = max((gen / "segments").glob("*.tar.zst"), key=lambda p: p.stat().st_size)
+    _flip_middle_byte(seg)
+    new = loop_disk(SIZE)
+    before = fingerprint(new)
+    r = restore(gen.name, "--target", str(server.target), "--map", f"{server.disk}={new}",
+                "--plan", "--mount-dir", str(tmp_path / "mnt"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"DAMAGED: segments/{seg.name}: damaged (sha256 differs); it holds" in r.stdout
+    assert "nothing was written" in r.stdout
+    assert fingerprint(new) == before
+    r = restore(gen.name, "--target", str(server.target), "--map", f"{server.disk}={new}",
+                "--yes", "--mount-dir", str(tmp_path / "mnt"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "generation whole" in r.stdout and "extracting" in r.stdout
+    assert re.search(rf"^steward: restore FAILED: segments/{seg.name} is damaged \(sha256 "
+                     r"differs; it holds \d+ entries, .*\), found while it was extracted: "
+                     r"the [1-9]\d* files written from it were removed again$", r.stdout,
+                     re.M), r.stdout
+    assert "partly written: restore another generation (steward backup list)" in r.stdout
+    assert not re.search(r"^(boot loader|install GRUB|took )", r.stdout, re.M), r.stdout
+    assert "Traceback" not in r.stderr
+    files = [rec.path for rec in index.read(str(seg).replace(".tar.zst", ".idx.gz"))
+             if rec.type in "0h"]
+    assert files
+    got = restored_tree(new, tmp_path / "check", mounted)
+    assert not (tmp_path / "check" / REPORT).exists()
+    assert not [f for f in files if os.path.lexists(tmp_path / "check" / f[1:])]
+    # the other archives' files are there: the restore stopped at the files, not before
+    assert len(got) > len(files)
+
+
+def test_a_missing_or_short_archive_is_found_before_any_disk_is_written(
+        server: Server, loop_disk: Callable[[int], str], tmp_path: Path) -> None:
+    gen = next(p for p in server.target.iterdir() if p.name[0].isdigit())
+    segs = sorted((gen / "segments").glob("*.tar.zst"))
+    with open(segs[0], "r+b") as f:
+        f.truncate(segs[0].stat().st_size - 1)
+    segs[-1].unlink()
     new = loop_disk(SIZE)
     before = fingerprint(new)
     r = restore(gen.name, "--target", str(server.target), "--map", f"{server.disk}={new}",
                 "--yes", "--mount-dir", str(tmp_path / "mnt"))
     assert r.returncode == 1, r.stdout + r.stderr
-    assert f"DAMAGED: segments/{seg.name}" in r.stdout
-    assert "nothing was written" in r.stdout
+    assert re.search(rf"^DAMAGED: segments/{segs[0].name}: damaged \(\d+ bytes, not the \d+ "
+                     r"written\); it holds", r.stdout, re.M), r.stdout
+    assert f"DAMAGED: segments/{segs[-1].name}: unreadable: No such file" in r.stdout
+    assert "nothing was written to any disk" in r.stdout
     assert fingerprint(new) == before
 
 

@@ -83,10 +83,11 @@ def _backup_s(console: str) -> float:
 def _times(what: str, out: str, backup_s: float, full_s: float, logs: Path) -> None:
     """The restore's time beside the backup's, printed (run with -s) and kept in the logs."""
     took = re.findall(r"^took (\d+) s$", out, re.M)
-    assert took, out[-3000:]
+    parts = re.findall(r"^time: (.*)$", out, re.M)  # the restore's parts, in seconds
+    assert took and parts, out[-3000:]
     line = (f"E2E-TIMES {what}: restore {took[-1]} s, backup of this generation "
             f"{backup_s:.1f} s, full backup of the system {full_s:.1f} s, restore/full "
-            f"{int(took[-1]) / full_s:.2f}")
+            f"{int(took[-1]) / full_s:.2f}; {parts[-1]}")
     print(line)
     with open(logs / "times.log", "a") as fh:
         fh.write(line + "\n")
@@ -125,7 +126,7 @@ def stick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stick]:
 
 
 def _restore(vm: VM, disk: str = "vda") -> str:
-    vm.expect(r"archives intact", 900)
+    vm.expect(r"generation whole", 900)
     vm.expect(r"Type the name of the disk to overwrite \(vda\)", 60)
     vm.sendline(disk)
     done = vm.expect(r"restore of \d{8}T\d{6}Z done|restore FAILED.*", 1800)
