@@ -130,8 +130,8 @@ def test_bare_metal_restore_keeps_uuids_labels_and_every_inode(
                 "--mount-dir", str(tmp_path / "mnt"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "generation whole" in r.stdout and "EVERYTHING ON" in r.stdout
-    assert re.search(r"^time: disks .* s, extraction .* s, .*initramfs .* s, sync .* s$",
-                     r.stdout, re.M), r.stdout
+    assert re.search(r"^time: check before writing .* s, disks .* s, extraction .* s, "
+                     r".*initramfs .* s, sync .* s$", r.stdout, re.M), r.stdout
     for part, was in server.ids.items():
         now = blkid(f"{new}{part}")
         for key in ("TYPE", "UUID", "LABEL", "PART_ENTRY_UUID", "PART_ENTRY_NAME"):
