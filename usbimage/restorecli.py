@@ -23,6 +23,7 @@ import glob
 import json
 import os
 import re
+import resource
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -270,6 +271,13 @@ def restore_command(args: argparse.Namespace, runner: CommandRunner, gen: Genera
                    lambda *a, **k: restore(*a, hash_first=False, **k), checked=checked)
 
 
+def _cpu() -> tuple[float, float]:
+    """CPU seconds so far: this process's, its ended children's (zstd, tar)."""
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF,
+                                                resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
 class _Times:
     """Seconds per part of the restore, for the report's "time:" line; the check before
     writing counts (waiting for the disk names to be typed does not)."""
@@ -286,32 +294,9 @@ class _Times:
         return took
 
 
-def _fixes(plan: Plan, root: Path, run: Any, times: _Times) -> list[str]:
-    """UUIDs, SELinux, boot loader, LVM devices file, initramfs: what each did."""
-    from usbimage import restoredisk, restorefix
-
-    lines = []
-    changed = restorefix.rename_uuids(plan, root)
-    if changed:
-        lines.append(f"UUIDs replaced in {', '.join(changed)}")
-    lines.append(restorefix.selinux(root))
-    times.lap("UUIDs and SELinux")
-    with restoredisk.chroot_mounts(root, run):
-        boot = restorefix.uefi_loader if plan.boot_mode == "uefi" else restorefix.bios_loader
-        lines.append(boot(plan, root, run))
-        times.lap("boot loader")
-        devices, listed = restorefix.lvm_devices(plan, root, run)
-        if devices:
-            lines.append(devices)
-            times.lap("LVM devices file")
-        lines.append(restorefix.initramfs(plan, root, run, listed))
-        times.lap("initramfs")
-    return lines
-
-
 def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
             restore: Callable[..., Any], *, checked: float = 0.0) -> int:
-    from usbimage import restoredisk
+    from usbimage import restoredisk, restorefix
 
     times = _Times(checked)
     lines: list[str] = []
@@ -328,7 +313,9 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
         with restoredisk.mounted_tree(plan, mount_dir, run) as root:
             times.lap("disks (partitions, LVM, filesystems, mounts)")
             say(f"extracting {plan.generation.id} into {root}")
+            was = _cpu()
             sel = restore(plan.generation, ["/"], root, say=lambda _: None, devices=True)
+            cpu = [b - a for a, b in zip(was, _cpu())]
             for line in sel.refused:
                 say(line)
             if sel.refused_count:
@@ -337,8 +324,10 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
                     f"have been written outside {root} (the drive's generation is not what "
                     "steward wrote)")
             lines.append(f"extracted {sel.entries} entries in "
-                         f"{times.lap('extraction (read, sha256, zstd, tar)'):.0f} s")
-            lines += _fixes(plan, root, run, times)
+                         f"{times.lap('extraction (read, sha256, zstd, tar)'):.0f} s (CPU: "
+                         f"steward {cpu[0]:.1f} s reading, hashing, checking members; zstd "
+                         f"and tar {cpu[1]:.1f} s)")
+            lines += restorefix.fix_all(plan, root, run, times.lap)
             runner.run(["sync"], timeout=600)  # the restore is done once it is on the disks
             fixing = sum(s for what, s in times.parts[3:])
             lines.append(f"boot fixes took {fixing:.0f} s")

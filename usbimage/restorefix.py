@@ -18,10 +18,11 @@ import contextlib
 import glob
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from usbimage import initrd
-from usbimage.restoredisk import T_MKFS, Runner, _tool
+from usbimage.restoredisk import T_MKFS, Runner, _tool, chroot_mounts
 from usbimage.restoreplan import Plan
 
 CONFIGS = ("etc/fstab", "etc/crypttab", "etc/default/grub", "etc/kernel/cmdline",
@@ -299,3 +300,23 @@ def initramfs(plan: Plan, root: Path, run: Runner, devices_changed: bool = False
         done.append(f"{kver} ({why})")
     also = f"; kept for {', '.join(kept)}" if kept else ""
     return f"initramfs: rebuilt {how} for {'; '.join(done)}{also}"
+
+
+def fix_all(plan: Plan, root: Path, run: Runner, lap: Callable[[str], float]) -> list[str]:
+    """Every fix in order, each one's line; ``lap`` is told when each part ends (its time)."""
+    lines = []
+    changed = rename_uuids(plan, root)
+    if changed:
+        lines.append(f"UUIDs replaced in {', '.join(changed)}")
+    lines.append(selinux(root))
+    lap("UUIDs and SELinux")
+    with chroot_mounts(root, run):
+        lines.append((uefi_loader if plan.boot_mode == "uefi" else bios_loader)(plan, root, run))
+        lap("boot loader")
+        devices, listed = lvm_devices(plan, root, run)
+        if devices:
+            lines.append(devices)
+            lap("LVM devices file")
+        lines.append(initramfs(plan, root, run, listed))
+        lap("initramfs")
+    return lines

@@ -84,10 +84,11 @@ def _times(what: str, out: str, backup_s: float, full_s: float, logs: Path) -> N
     """The restore's time beside the backup's, printed (run with -s) and kept in the logs."""
     took = re.findall(r"^took (\d+) s$", out, re.M)
     parts = re.findall(r"^time: (.*)$", out, re.M)  # the restore's parts, in seconds
-    assert took and parts, out[-3000:]
+    cpu = re.findall(r"^extracted \d+ entries in \d+ s \(CPU: (.*)\)$", out, re.M)
+    assert took and parts and cpu, out[-3000:]
     line = (f"E2E-TIMES {what}: restore {took[-1]} s, backup of this generation "
             f"{backup_s:.1f} s, full backup of the system {full_s:.1f} s, restore/full "
-            f"{int(took[-1]) / full_s:.2f}; {parts[-1]}")
+            f"{int(took[-1]) / full_s:.2f}; {parts[-1]}; extraction CPU: {cpu[-1]}")
     print(line)
     with open(logs / "times.log", "a") as fh:
         fh.write(line + "\n")
