@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agent.events import Event
-from agent.policy import CheckRecord
+from agent.memory import CheckRecord
 
 log = logging.getLogger("steward.alert")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,10 +20,11 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 from agent.config.schema import Parser, choice, http_url, number, option, table
-from agent.events import Event, at_least
+from agent.events import Event
+from agent.memory import CheckRecord
 from agent.model import Status
 from agent.notify.outbox import DeliveryWorker, RawOutbox
-from agent.policy import CheckRecord
+from agent.system.clock import Clock
 
 log = logging.getLogger(__name__)
 MODES = ("json", "alertmanager")
@@ -72,9 +72,6 @@ class WebhookOptions:
                              "its base URL (http://am:9093) or the full /api/v2/alerts")
     mode: str = option("json", choice(*MODES), "json: one JSON object per event; "
                        "alertmanager: Alertmanager's v2 postableAlerts")
-    min_severity: str = option("WARN", choice("WARN", "UNKNOWN", "CRIT"),
-                               "events below this are not sent (recoveries of what was sent "
-                               "always are)")
     headers: Mapping[str, str] | None = option(None, table(Parser(_header_name, "a header name"),
                                                   Parser(_header_value, "one line of text")),
                                         "extra HTTP headers, e.g. { Authorization = "
@@ -130,26 +127,15 @@ class WebhookAction:
                ) -> WebhookAction | None:
         return cls(options, state_dir, host) if options.url else None
 
-    def __init__(self, opts: WebhookOptions, state_dir: Path, host: str) -> None:
-        self.opts, self.host = opts, host
+    def __init__(self, opts: WebhookOptions, state_dir: Path, host: str,
+                 clock: Clock | None = None) -> None:
+        self.opts, self.host, self.clock = opts, host, clock or Clock()
         self.outbox = RawOutbox(Path(state_dir) / "webhook-outbox", opts.retry_max)
-        self.sent: set[str] = set()  # checks whose problem was sent: their recovery is too
         self._worker: DeliveryWorker | None = None
 
-    def wants(self, event: Event) -> bool:
-        if event.status is Status.OK:
-            return event.kind != "recovery" or event.check in self.sent or \
-                at_least(Status.WARN, self.opts.min_severity)
-        return at_least(event.status, self.opts.min_severity)
-
     def send(self, event: Event, host: str) -> None:
-        if not self.wants(event):
-            return
-        if event.status is Status.OK:
-            self.sent.discard(event.check)
-        else:
-            self.sent.add(event.check)
-        now = time.time()
+        """Which events come here is ``[alerts] route.webhook``'s (agent.notify)."""
+        now = self.clock.now()
         body = alertmanager_body(event, host, now) if self.opts.mode == "alertmanager" \
             else json_body(event, host)
         name = self.outbox.put_text(json.dumps(body, sort_keys=True), now)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import UsageError
-from agent.policy import Maintenance
+from agent.memory import Maintenance
 from agent.state import StateDir
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")

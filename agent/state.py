@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.fileio import write_atomic
-from agent.policy import Maintenance, Memory
+from agent.memory import Maintenance, Memory
 
 log = logging.getLogger(__name__)
 

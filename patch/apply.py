@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent.env import Env
-from agent.policy import Maintenance
+from agent.memory import Maintenance
 from agent.registry import Registry
 from agent.state import StateDir
 from agent.system.commands import CommandError

@@ -96,8 +96,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                            str(src), "--target", str(target), "--state-dir", str(tmp / "bstate")],
                           cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert made.returncode == 0, made.stderr
-    # The load of a shared CI machine is not the page's business (it could be CRIT too).
-    daemon, log, state = start_daemon(tmp, QUIET + "[checks.load]\nenabled = false\n"
+    # The load of a shared CI machine is not the page's business (QUIET leaves it out).
+    daemon, log, state = start_daemon(tmp, QUIET +
                                       f'[backup]\ntarget = "{target}"\n'
                                       f'[checks.port]\ntargets = ["127.0.0.1:{port}"]'
                                       "\ninterval = 1\n")

@@ -16,8 +16,8 @@ import pytest
 from agent.config import from_tables, tomllib
 from agent.config.schema import CheckOptions
 from agent.env import Env
+from agent.memory import Maintenance
 from agent.model import Check, Result, Status
-from agent.policy import Maintenance
 from agent.registry import Registry
 from agent.runner import resolve
 from agent.state import StateDir

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from agent.config import RestartOptions
+from agent.memory import Maintenance, Memory
 from agent.model import Result, Status
-from agent.policy import Maintenance, Memory, Policy, Restart
+from agent.policy import Policy, Restart
 
 OK, WARN, CRIT = Status.OK, Status.WARN, Status.CRIT
 NONE = Maintenance()

@@ -22,9 +22,13 @@ import jsonschema
 import pytest
 
 from actions.webhook import WebhookAction, WebhookOptions, shown
+from agent.config import from_tables
 from agent.config.schema import build
 from agent.events import Event
+from agent.memory import Memory
 from agent.model import Status
+from agent.notices import Notices
+from agent.notify import for_config
 from tests.conftest import QUIET, REPO, run_steward
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "fixtures" /
@@ -141,16 +145,27 @@ def test_alertmanager_body_fits_its_v2_schema_and_a_recovery_ends_the_alert(rece
     assert warn["labels"]["alertname"] == "steward_disk"
 
 
-def test_min_severity_routes_events_and_recoveries_follow_what_was_sent(receiver, tmp_path):
-    action = WebhookAction(_options(url=f"http://127.0.0.1:{receiver.port}/",
-                                    min_severity="CRIT"), tmp_path, "h")
-    action.send(Event("problem", "disk:/", Status.WARN, "81% used"), "h")
-    action.send(Event("recovery", "disk:/", Status.OK, "ok"), "h")
-    action.send(PROBLEM, "h")
-    action.send(Event("recovery", PROBLEM.check, Status.OK, "open"), "h")
-    action.outbox.deliver(action.post, time.time())
-    assert [(p["body"]["check"], p["body"]["status"]) for p in receiver.posts] == [
-        (PROBLEM.check, "CRIT"), (PROBLEM.check, "OK")]
+def test_its_route_picks_the_events_and_recoveries_follow_what_was_sent(receiver, tmp_path):
+    """[alerts] route.webhook = { min_severity = "CRIT" }: the notices policy decides, the
+    route picks, a recovery reaches the webhook only if its problem did."""
+    config = from_tables({"alerts": {"route": {"webhook": {"min_severity": "CRIT"}}},
+                          "notify": {"webhook": {"url": f"http://127.0.0.1:{receiver.port}/"}}},
+                         "<test>", {})
+    actions = for_config(config, tmp_path, "h")
+    notices = Notices(Memory(), config.alerts)
+    t = 1_700_000_000.0
+    for e in (Event("problem", "disk:/", Status.WARN, "81% used", since=t),
+              Event("recovery", "disk:/", Status.OK, "ok", since=t + 1),
+              PROBLEM, Event("recovery", PROBLEM.check, Status.OK, "open", since=t + 2)):
+        for told in notices.decide([e], t):
+            actions.send(told, "h")
+    actions.drain()
+    [webhook] = [a.notifier for a in actions.actions if a.name == "webhook"]
+    webhook.outbox.deliver(webhook.post, time.time())
+    actions.stop()
+    assert [(p["body"]["check"], p["body"]["status"], p["body"]["was"])
+            for p in receiver.posts] == [(PROBLEM.check, "CRIT", None),
+                                         (PROBLEM.check, "OK", "CRIT")]
 
 
 def test_the_url_as_logged_has_no_secrets():
