@@ -1,6 +1,6 @@
 """``[notify.webhook]``: events POSTed as JSON to an HTTP(S) endpoint, or in Alertmanager's v2
-API shape (``mode = "alertmanager"``: the fleet's Prometheus Alertmanager receives steward's
-alerts and routes, groups and silences them with the rest).
+API shape (``mode = "alertmanager"``, actions.alertmanager: the fleet's Prometheus
+Alertmanager receives steward's alerts and routes, groups and silences them with the rest).
 
 Each event is written to a persistent outbox (``<state>/webhook-outbox``) before anything is
 sent, and leaves it only once the endpoint answered 2xx; a worker thread retries with backoff
@@ -14,15 +14,14 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
+from actions.alertmanager import RESEND, Firing
 from agent.config.schema import Parser, choice, http_url, number, option, table
 from agent.events import Event
 from agent.memory import CheckRecord
-from agent.model import Status
 from agent.notify.outbox import DeliveryWorker, RawOutbox
 from agent.system.clock import Clock
 
@@ -88,31 +87,8 @@ class WebhookOptions:
         return self.url
 
 
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
-
-
 def json_body(event: Event, host: str) -> dict[str, Any]:
     return {"host": host, **event.to_dict()}
-
-
-def alertmanager_body(event: Event, host: str, now: float) -> list[dict[str, Any]]:
-    """One postableAlert (Alertmanager API v2): a recovery ends the alert (endsAt now)."""
-    plugin = event.check.split(":", 1)[0]
-    alert: dict[str, Any] = {
-        "labels": {"alertname": f"steward_{plugin}".replace("-", "_"), "check": event.check,
-                   "instance": host, "severity": event.status.name.lower(),
-                   "kind": event.kind, "job": "steward"},
-        "annotations": {"summary": event.summary,
-                        **({"description": event.details} if event.details else {}),
-                        **({"remedy": event.remedy} if event.remedy else {}),
-                        **({"actions": "; ".join(event.actions)} if event.actions else {})},
-        "startsAt": _iso(event.since or now),
-    }
-    if event.status is Status.OK:
-        alert["endsAt"] = _iso(now)
-    return [alert]
 
 
 class WebhookAction:
@@ -131,13 +107,18 @@ class WebhookAction:
                  clock: Clock | None = None) -> None:
         self.opts, self.host, self.clock = opts, host, clock or Clock()
         self.outbox = RawOutbox(Path(state_dir) / "webhook-outbox", opts.retry_max)
+        self.firing = Firing(Path(state_dir) / "webhook-firing.json") \
+            if opts.mode == "alertmanager" else None
+        self._resend_at = 0.0
         self._worker: DeliveryWorker | None = None
 
     def send(self, event: Event, host: str) -> None:
         """Which events come here is ``[alerts] route.webhook``'s (agent.notify)."""
         now = self.clock.now()
-        body = alertmanager_body(event, host, now) if self.opts.mode == "alertmanager" \
-            else json_body(event, host)
+        body: Any = json_body(event, host) if self.firing is None else \
+            self.firing.body(event, host, now)
+        if not body:
+            return
         name = self.outbox.put_text(json.dumps(body, sort_keys=True), now)
         log.info("webhook %s queued for %s: %s %s", name, shown(self.opts.endpoint),
                  event.check, event.status.name)
@@ -173,7 +154,16 @@ class WebhookAction:
         return [(shown(url), ok, f"HTTP {answer.status}" + ("" if ok else f": {text[:200]}"))]
 
     def tick(self, now: float, checks: Mapping[str, CheckRecord]) -> None:
-        return None
+        """Alertmanager mode: post what fires again, every RESEND s (best effort: what
+        changes goes through the outbox)."""
+        if self.firing is None or not self.firing.alerts or now < self._resend_at:
+            return
+        self._resend_at = now + RESEND
+        [(url, ok, detail)] = self.post(json.dumps(list(self.firing.alerts.values()),
+                                                   sort_keys=True).encode())
+        if not ok:
+            log.debug("webhook: re-posting %d firing alerts to %s: %s",
+                      len(self.firing.alerts), url, detail)
 
     def start(self) -> None:
         self._worker = DeliveryWorker(self.outbox, self.post, what="webhook", retry_at_start=True)
