@@ -58,7 +58,7 @@ class StateDir:
         data = self._read("state.json")
         try:
             return Memory.from_dict(data) if data else Memory()
-        except TypeError as e:  # written by an incompatible version
+        except (TypeError, KeyError, AttributeError) as e:  # an incompatible version's
             log.error("state.json does not fit this version (%s); starting afresh", e)
             return Memory()
 
