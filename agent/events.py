@@ -34,6 +34,9 @@ class Event:
     # A recovery: the worst status said about the problem it ends (None: not known), so that
     # it reaches every action the problem reached and no other.
     was: Status | None = None
+    # A change the notices policy holds back (cooldown, flapping): told later, in one word;
+    # only an action that keeps a log takes it (its route's ``held``).
+    held: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.status, Status) or not isinstance(self.was, (Status, type(None))):

@@ -30,7 +30,8 @@ class Notices:
         self.memory, self.opts = memory, opts
 
     def decide(self, events: Iterable[Event], now: float) -> list[Event]:
-        """The events to tell now, of those the check policy and the sources announced."""
+        """The events the check policy and the sources announced, those held back marked
+        ``held`` (a log takes them; the routes of the others leave them out)."""
         out: list[Event] = []
         for e in events:
             if e.kind == "problem":
@@ -38,6 +39,7 @@ class Notices:
                 if now - k.told_at < self.opts.cooldown and \
                         e.status.severity <= k.problem.severity:
                     k.held += 1  # flapping, or no worse than what was said: wait
+                    out.append(replace(e, held=True))
                     continue
                 out.append(replace(e, repeats=k.held))
                 self._told(k, e.status, now)
@@ -47,6 +49,7 @@ class Notices:
                     out.append(e)
                 elif found.told is Status.OK:
                     found.held += 1  # its problem waits in the cooldown: so does this
+                    out.append(replace(e, held=True))
                 else:
                     out.append(replace(e, repeats=found.held, was=found.worst))
                     self._told(found, Status.OK, now)

@@ -40,21 +40,22 @@ class Route:
 
     min_severity: Status = Status.WARN
     kinds: frozenset[str] = frozenset()
+    held: bool = False  # also the changes the cooldown holds back (the journal, a log)
 
     def takes(self, event: Event) -> bool:
-        if self.kinds and event.kind not in self.kinds:
+        if (self.kinds and event.kind not in self.kinds) or (event.held and not self.held):
             return False
         if event.kind == "digest" or (event.status is Status.OK and event.kind != "recovery"):
             return True  # a digest lists all that is not OK; news that is OK is news
         return event.severity >= self.min_severity.severity
 
 
-ROUTE_KEYS = ("min_severity", "kinds")
+ROUTE_KEYS = ("min_severity", "kinds", "held")
 
 
 def _route(v: Any) -> Route:
     if not isinstance(v, Mapping) or set(v) - set(ROUTE_KEYS):
-        raise ValueError(f"not a table of {' and '.join(ROUTE_KEYS)}")
+        raise ValueError(f"not a table of {', '.join(ROUTE_KEYS)}")
     sev = v.get("min_severity", "WARN")
     if sev not in SEVERITIES:
         raise ValueError(f"min_severity {quote(sev)} is not one of {', '.join(SEVERITIES)}")
@@ -64,7 +65,10 @@ def _route(v: Any) -> Route:
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ValueError(f"kind {quote(unknown[0])} is not one of {', '.join(KINDS)}")
-    return Route(Status[str(sev)], frozenset(kinds))
+    held = v.get("held", False)
+    if not isinstance(held, bool):
+        raise ValueError("held is not true or false")
+    return Route(Status[str(sev)], frozenset(kinds), held)
 
 
 def _action_name(v: Any) -> str:
@@ -139,9 +143,10 @@ class AlertOptions:
     route: Mapping[str, Route] | None = option(
         None, table(Parser(_action_name, "an installed action's name"),
                   Parser(_route, '{ min_severity = "WARN" | "UNKNOWN" | "CRIT", kinds = '
-                         '["problem", ...] }')),
+                         '["problem", ...], held = false }')),
         "which events each action takes, e.g. { email = { min_severity = \"CRIT\" } }; an "
-        "action not named takes every event (its own options may filter more)")
+        "action not named takes what it says (the journal: everything, held-back changes "
+        "too; the others: every event told)")
     action_timeout: float = option(30.0, number(1, 3600), "seconds one call of an action may "
                                    "take before it is reported as hanging (UNKNOWN)")
 

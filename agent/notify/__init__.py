@@ -187,6 +187,7 @@ def for_config(config: Config, state_dir: Path, host: str) -> Actions:
     (e-mail without recipients, a webhook without a URL)."""
     made: list[Guarded] = []
     remedies: dict[str, Remedy] = {}
+    routes: dict[str, Route] = {}  # the config's, else the action's own (ROUTE), else all told
     failures: dict[str, str] = {}
     alerts = config.alerts
     for ep in entry_points(GROUP):
@@ -202,7 +203,9 @@ def for_config(config: Config, state_dir: Path, host: str) -> Actions:
             remedies[ep.name] = action
         elif action is not None:
             made.append(Guarded(ep.name, action, alerts.action_timeout))
+            routes[ep.name] = (alerts.route or {}).get(ep.name) or \
+                getattr(cls, "ROUTE", None) or Route()
     if config.restart.enabled and "restart" not in remedies and "restart" not in failures:
         failures["restart"] = "no steward.actions entry point 'restart' is installed: " \
             "failed units are not restarted"
-    return Actions(made, failures, alerts.route or {}, remedies)
+    return Actions(made, failures, routes, remedies)

@@ -20,7 +20,8 @@ from tests.conftest import run_steward
     ('[alerts.route.email]\nmin_severity = "OK"', 'min_severity "OK" is not one of WARN, '
      "UNKNOWN, CRIT"),
     ('[alerts.route.webhook]\nkinds = ["problem", "tweet"]', 'kind "tweet" is not one of'),
-    ('[alerts.route.email]\nseverity = "CRIT"', "not a table of min_severity and kinds"),
+    ('[alerts.route.email]\nseverity = "CRIT"', "not a table of min_severity, kinds, held"),
+    ('[alerts.route.email]\nheld = "yes"', "held is not true or false"),
     ("[alerts]\naction_timeout = 0", "alerts.action_timeout = 0"),
     ('[alerts]\ndigest = "25:00"\n', 'alerts.digest = "25:00"'),
     ("[alerts]\ncooldown = 60\n[notify.email]\ncooldown = 120\n",
@@ -54,6 +55,8 @@ def test_a_route_takes_kinds_and_severities_and_recoveries_follow_their_problem(
     assert not crit.takes(Event("recovery", "disk:/", Status.OK, "ok", was=Status.WARN))
     assert crit.takes(Event("recovery", "disk:/", Status.OK, "ok"))  # not known: told
     assert crit.takes(Event("digest", "disk:/", Status.WARN, "81%")), "a digest lists all"
+    held = Event("problem", "disk:/", Status.CRIT, "99%", held=True)
+    assert not crit.takes(held) and Route(held=True).takes(held), "held back: only a log"
     only = Route(Status.WARN, frozenset({"digest"}))
     assert not only.takes(Event("problem", "disk:/", Status.CRIT, "99%"))
     assert only.takes(Event("digest", "disk:/", Status.WARN, "81%"))
