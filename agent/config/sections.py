@@ -42,6 +42,11 @@ class Route:
     kinds: frozenset[str] = frozenset()
     held: bool = False  # also the changes the cooldown holds back (the journal, a log)
 
+    def as_table(self) -> dict[str, Any]:
+        """As it would be written in the config (``steward config show``)."""
+        return {"min_severity": self.min_severity.name, **(
+            {"kinds": sorted(self.kinds)} if self.kinds else {}), "held": self.held}
+
     def takes(self, event: Event) -> bool:
         if (self.kinds and event.kind not in self.kinds) or (event.held and not self.held):
             return False

@@ -60,3 +60,23 @@ def test_a_route_takes_kinds_and_severities_and_recoveries_follow_their_problem(
     only = Route(Status.WARN, frozenset({"digest"}))
     assert not only.takes(Event("problem", "disk:/", Status.CRIT, "99%"))
     assert only.takes(Event("digest", "disk:/", Status.WARN, "81%"))
+
+
+def test_config_show_writes_the_routes_back_as_toml_that_loads_the_same(tmp_path):
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+
+    conf = tmp_path / "steward.toml"
+    conf.write_text('[alerts.route.email]\nmin_severity = "CRIT"\nkinds = ["problem", '
+                    '"digest"]\n[alerts.route.journal]\nheld = false\n')
+    conf.chmod(0o600)
+    done = run_steward("config", "show", "--config", str(conf))
+    assert done.returncode == 0, done.stderr
+    shown = tomllib.loads(done.stdout)["alerts"]["route"]
+    assert shown == {"email": {"min_severity": "CRIT", "kinds": ["digest", "problem"],
+                               "held": False},
+                     "journal": {"min_severity": "WARN", "held": False}}
