@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644, durable: bool = True) -> None:
@@ -76,3 +78,22 @@ def flocked(path: str | os.PathLike[str], timeout: float | None = 0.0, *, create
         yield fd
     finally:
         os.close(fd)
+
+
+MAX_JSON = 16 * 1024 * 1024  # bytes of a JSON file steward reads whole (its own records)
+
+
+def read_json(path: str | os.PathLike[str], limit: int = MAX_JSON) -> Any:
+    """A JSON file that may be hostile (a USB drive's manifest): at most ``limit`` bytes,
+    nesting that would exhaust the parser's recursion refused; every refusal a ValueError
+    that says why (OSError as the file gives it)."""
+    with open(path, "rb") as fh:
+        raw = fh.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except RecursionError:
+        raise ValueError("nested too deep to be a steward file") from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import re
 import sys
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.commands import Command, Setup
 from agent.errors import UsageError
+from agent.fileio import read_json
 from agent.system.commands import CommandError, CommandRunner
 from backup.archive import ArchiveError
 from backup.progress import human
@@ -131,7 +131,7 @@ def _generation(store: Store, gen_id: str | None) -> Generation:
 
 def _layout(gen: Generation) -> dict[str, Any]:
     try:
-        data = json.loads((gen.path / "layout.json").read_text(encoding="utf-8"))
+        data = read_json(gen.path / "layout.json")
     except (OSError, ValueError) as e:
         raise StoreError(f"generation {gen.id}: layout.json unreadable: {e}") from None
     if not isinstance(data, dict):
