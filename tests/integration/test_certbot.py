@@ -166,7 +166,7 @@ def test_failed_renewal_from_certbots_own_log(acme, renewed, tmp_path):
     r = run(root)
     last = r["certrenew:last-run"]
     assert last.status is Status.WARN, last
-    assert last.summary.startswith(f"certbot's last renew run (") and \
+    assert last.summary.startswith("certbot's last renew run (") and \
         f"failed for {NAME}: " in last.summary and "Connection refused" in last.summary
     assert f"certbot renew --cert-name {NAME} -v" in last.remedy
     lineage = r[f"certrenew:{NAME}"]
