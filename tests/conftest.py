@@ -30,10 +30,12 @@ def needs_root() -> pytest.MarkDecorator:
     return pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
-# The host's own state (the audit, pending dnf updates, unit states) is not what daemon tests
-# are about: a config starting with this leaves it out.
+# The host's own state (the audit, pending dnf updates, unit states, the milter chain of the
+# rspamd and OpenDKIM packages the tests install) is not what daemon tests are about: a config
+# starting with this leaves it out.
 QUIET = ("[checks.service]\nenabled = false\n[checks.timesync]\nenabled = false\n"
-         "[checks.audit]\nenabled = false\n[checks.updates]\nenabled = false\n")
+         "[checks.audit]\nenabled = false\n[checks.updates]\nenabled = false\n"
+         "[checks.milter]\nenabled = false\n")
 
 
 def start_daemon(tmp_path: Path, config: str) -> tuple[subprocess.Popen[str], Path, Path]:

@@ -36,7 +36,8 @@ def daemon(tmp_path, notify_socket):
     conf = tmp_path / "steward.toml"
     conf.write_text(f'[checks.port]\ntargets = ["127.0.0.1:{port}"]\ninterval = 1\n'
                     '[checks.service]\nenabled = false\n'
-                    '[checks.audit]\nenabled = false\n')  # it judges the host, not the daemon
+                    '[checks.audit]\nenabled = false\n'  # it judges the host, not the daemon
+                    '[checks.milter]\nenabled = false\n')  # nor the host's rspamd (installed)
     conf.chmod(0o600)
     env = dict(os.environ, NOTIFY_SOCKET=notify_socket[1], WATCHDOG_USEC="2000000",
                WATCHDOG_PID="", STEWARD_STATE_DIR=str(tmp_path / "state"))

@@ -160,6 +160,8 @@ def test_steward_run_mails_one_grouped_problem_and_then_the_recovery(tmp_path):
                       "[checks.mailqueue]\nenabled = false\n[checks.updates]\nenabled = false\n"
                       # nor the load of a busy CI machine (a third problem in the mail)
                       "[checks.load]\nenabled = false\n"
+                      # nor the host's rspamd (installed for the milter tests, not running)
+                      "[checks.milter]\nenabled = false\n"
                       f'[checks.port]\ntargets = ["127.0.0.1:{down1}", "127.0.0.1:{down2}"]'
                       "\ninterval = 1\n")
         proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(conf),
