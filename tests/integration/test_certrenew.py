@@ -24,9 +24,11 @@ def certs(tmp_path_factory):
     d = tmp_path_factory.mktemp("certs")
     ca, _, _ = make_ca(d / "ca")
     old = issue_cert(ca, 60, "old")
+    oldsoon = issue_cert(ca, 3, "oldsoon")
     time.sleep(1.1)  # notBefore has a resolution of a second
     new = issue_cert(ca, 90, "new")
-    return {"ca": ca, "old": old, "new": new, "soon": issue_cert(ca, 10, "soon"),
+    return {"ca": ca, "old": old, "oldsoon": oldsoon, "new": new,
+            "soon": issue_cert(ca, 10, "soon"),
             "verysoon": issue_cert(ca, 3, "verysoon")}
 
 
@@ -52,18 +54,23 @@ def run(root, **kw) -> dict:
     return {r.check: r for r in check.run(env)}
 
 
-def test_daemon_not_reloaded_after_renewal_is_critical(tmp_path, certs):
+def test_daemon_not_reloaded_after_renewal(tmp_path, certs):
     root = tree(tmp_path, {"mail": certs["new"][0]})
     with WebServer({}, cert=certs["old"][0], key=certs["old"][1]) as stale, \
+            WebServer({}, cert=certs["oldsoon"][0], key=certs["oldsoon"][1]) as expiring, \
             WebServer({}, cert=certs["new"][0], key=certs["new"][1]) as fresh:
-        r = run(root, served={"mail": [f"localhost:{stale.port}", f"localhost:{fresh.port}"]})
+        r = run(root, served={"mail": [f"localhost:{stale.port}", f"localhost:{fresh.port}",
+                                       f"localhost:{expiring.port}"]})
     assert r["certrenew:renewer"].status is Status.OK
     assert "/etc/cron.d/certbot" in r["certrenew:renewer"].summary
     assert r["certrenew:mail"].status is Status.OK and "valid 90 more days" in \
         r["certrenew:mail"].summary
     bad = r[f"certrenew:mail:localhost:{stale.port}"]
-    assert bad.status is Status.CRIT and "the daemon was not reloaded" in bad.summary, bad
-    assert "renew_hook" in bad.remedy
+    assert bad.status is Status.WARN and "reload the daemon" in bad.summary, bad
+    assert "60 days left" in bad.summary and "renew_hook" in bad.remedy
+    # the certificate it still serves is about to expire: CRIT
+    worse = r[f"certrenew:mail:localhost:{expiring.port}"]
+    assert worse.status is Status.CRIT and "3 days left" in worse.summary, worse
     good = r[f"certrenew:mail:localhost:{fresh.port}"]
     assert good.status is Status.OK and "serves the certificate on disk" in good.summary
 
@@ -160,7 +167,7 @@ def test_mod_md_domains_are_judged_from_config_and_store(tmp_path, certs):
     assert "MDomain good.test www.good.test" in good.details
     assert "MDCertificateAgreement accepted" in good.details
     served = r[f"certrenew:md:good.test:localhost:{stale.port}"]
-    assert served.status is Status.CRIT and "the daemon was not reloaded" in served.summary
+    assert served.status is Status.WARN and "reload the daemon" in served.summary
     assert "MDNotifyCmd" in served.remedy
     failing = r["certrenew:md:failing.test"]
     assert failing.status is Status.WARN and failing.summary == (
