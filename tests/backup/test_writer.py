@@ -44,7 +44,12 @@ def test_compressors_never_exceed_jobs_while_another_archive_is_read_back(
                 active[0] -= 1
 
     def watched_read_back(path: str, fd: int) -> tuple[str, int]:
-        time.sleep(0.1)  # the next compression has taken the freed slot by now
+        deadline = time.monotonic() + 5  # the next compression takes the freed slot (a
+        while time.monotonic() < deadline:  # loaded machine may take a while to start it)
+            with lock:
+                if active[0] >= 2:
+                    break
+            time.sleep(0.01)
         with lock:
             seen_by_read_back.append(active[0])
         return read_back(path, fd)
