@@ -44,7 +44,7 @@ def test_compressors_never_exceed_jobs_while_another_archive_is_read_back(
                 active[0] -= 1
 
     def watched_read_back(path: str, fd: int) -> tuple[str, int]:
-        deadline = time.monotonic() + 5  # the next compression takes the freed slot (a
+        deadline = time.monotonic() + 3  # the next compression takes the freed slot (a
         while time.monotonic() < deadline:  # loaded machine may take a while to start it)
             with lock:
                 if active[0] >= 2:
