@@ -195,7 +195,7 @@ class ProbeCheck(Check):
 
     def run(self, env: Env) -> Iterable[Result]:
         host, port = split_target(self.target)
-        result = self.probe(host, port)
+        result = self.probe(host, port, env.clock.now())
         unit = self.linked_unit(host)
         if not unit:
             return [result]
@@ -219,7 +219,8 @@ class ProbeCheck(Check):
                                        details=f"{result.details}\n{why}".strip("\n"))
         return dataclasses.replace(result, details=f"{result.details}\n{why}".strip("\n"))
 
-    def probe(self, host: str, port: int) -> Result:
+    def probe(self, host: str, port: int, now: float) -> Result:
+        """``now``: the wall clock time the certificate's days left are counted from."""
         o = self.options
         mode = self.mode(port)
         t = Transcript()
@@ -236,7 +237,7 @@ class ProbeCheck(Check):
                                remedy=f"is the service listening? ss -ltnp 'sport = :{port}'")
         conv = Conversation(sock)
         try:
-            self.dialogue(conv, t, mode, port, name=o.tls_hostname or host, t0=t0)
+            self.dialogue(conv, t, mode, port, name=o.tls_hostname or host, t0=t0, now=now)
         except socket.timeout:
             t.findings.append(Finding(
                 Status.CRIT, f"no answer within {o.connect_timeout:g} s during {t.stage}",
@@ -251,7 +252,7 @@ class ProbeCheck(Check):
         return self.judged(t, mode)
 
     def dialogue(self, conv: Conversation, t: Transcript, mode: str, port: int, *, name: str,
-                 t0: float) -> None:
+                 t0: float, now: float) -> None:
         """Speak the protocol up to the goodbye, noting findings in ``t``; a finding that
         ends the dialogue early (no TLS to be had) returns."""
         o = self.options
@@ -283,7 +284,7 @@ class ProbeCheck(Check):
         if isinstance(conv.sock, ssl.SSLSocket):
             info = cert_info(conv.sock)
             t.cert = info.describe()
-            findings, metric = judge_cert(info, name, o.expiry_warn, o.expiry_crit)
+            findings, metric = judge_cert(info, name, o.expiry_warn, o.expiry_crit, now=now)
             t.findings.extend(findings)
             t.metrics.append(metric)
         t.stage = "the goodbye"
