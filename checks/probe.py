@@ -259,11 +259,8 @@ class ProbeCheck(Check):
         ctx = context(o.ca_file)
         if mode in self.implicit_ports.values():
             t.stage = "the TLS handshake"
-            failed = conv.start_tls(ctx, name)
-            if failed:
-                t.findings.append(failed)
+            if not self._tls(conv, t, ctx, name, "implicit TLS"):
                 return
-            t.notes.append(f"implicit TLS ({conv.tls_version()})")
         t.stage = "the greeting"
         self.greet(conv, t, t0)
         t.stage = "the capabilities"
@@ -274,11 +271,8 @@ class ProbeCheck(Check):
                 return
             t.stage = "STARTTLS"
             self.request_tls(conv)
-            failed = conv.start_tls(ctx, name)
-            if failed:
-                t.findings.append(failed)
+            if not self._tls(conv, t, ctx, name, "STARTTLS negotiated"):
                 return
-            t.notes.append(f"STARTTLS negotiated ({conv.tls_version()})")
             t.stage = "the capabilities after STARTTLS"
             self.capabilities(conv, t, "after")
         if isinstance(conv.sock, ssl.SSLSocket):
@@ -289,6 +283,18 @@ class ProbeCheck(Check):
             t.metrics.append(metric)
         t.stage = "the goodbye"
         self.goodbye(conv)
+
+    @staticmethod
+    def _tls(conv: Conversation, t: Transcript, ctx: ssl.SSLContext, name: str, how: str
+             ) -> bool:
+        """TLS on ``conv``, verified for ``name``: noted (``how`` and the version), or its
+        failure a finding (False: the dialogue ends)."""
+        failed = conv.start_tls(ctx, name)
+        if failed:
+            t.findings.append(failed)
+            return False
+        t.notes.append(f"{how} ({conv.tls_version()})")
+        return True
 
     def judged(self, t: Transcript, mode: str) -> Result:
         status, summary, remedy = summarize(

@@ -42,8 +42,8 @@ def run(check_cls, options_cls, target, clock=None, **kw):
     return r
 
 
-def smtp(target, **kw):
-    return run(SmtpCheck, SmtpOptions, target, **kw)
+def smtp(target, clock=None, **kw):
+    return run(SmtpCheck, SmtpOptions, target, clock, **kw)
 
 
 def metric(r, name):
