@@ -210,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     registry, env = _setup(args)
     env = dataclasses.replace(env, keeps_state=True)
-    state = StateDir(env.state_dir)
+    state = StateDir(env.state_dir, env.clock)
     state.ensure()
     host = socket.gethostname()
     return Supervisor(registry, env, args.config,

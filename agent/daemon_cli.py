@@ -137,7 +137,7 @@ def cmd_status(state: StateDir, as_json: bool) -> int:
 def cmd_maintenance(state: StateDir, mode: str, units: list[str], duration: str,
                     fmt: str = "text") -> int:
     state.ensure()
-    now = time.time()
+    now = state.clock.now()
     current = state.maintenance()
     m = Maintenance(current.until, {u: t for u, t in current.units.items() if t > now})
     if mode == "on":

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from agent.model import Status
+from agent.status import Status
 
 # The kinds the core makes (a source may add its own, e.g. a third party's "heartbeat"):
 # a check's confirmed change (problem, recovery), what steward did or gave up on (restart,

@@ -1,5 +1,6 @@
-"""Writing files so that a reader never sees half of one (temp file, fsync, rename), and the
-one exclusive lock with a timeout that every writer shares."""
+"""Writing files so that a reader never sees half of one (temp file, fsync, rename), the one
+exclusive lock with a timeout that every writer shares, and reading exactly n bytes from a
+stream."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,18 @@ def write_atomic(path: Path, text: str, mode: int = 0o644, durable: bool = True)
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def read_exactly(read: Callable[[int], bytes], n: int) -> bytes:
+    """``n`` bytes from ``read`` (a file's read, a socket's recv), called until it gave them all
+    or nothing more (the end of the stream: fewer than ``n`` then, for the caller to refuse)."""
+    data = b""
+    while len(data) < n:
+        chunk = read(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def fsync_dir(path: Path) -> None:

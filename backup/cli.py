@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.commands import Command, Setup
 from agent.errors import UsageError
+from agent.system.clock import Clock
 from backup.options import BackupOptions
 from backup.summary import committed_lines
 
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace, opts: BackupOptions, env: Env | None = None) -
         if args.backup_command == "list":
             return _list(store, args.format)
         if args.backup_command == "verify":
-            return _verify(store, args)
+            return _verify(store, args, env.clock if env else Clock())
         return _restore(store, args)
     except StoreError as e:
         raise UsageError(str(e)) from None
@@ -150,7 +151,7 @@ def _create_usb(args: argparse.Namespace, opts: BackupOptions, env: Env | None) 
         print(f"steward: backup to {job.drive.device} failed: {job.failure}", file=sys.stderr)
     for problem in job.problems:
         print(f"steward: {problem}", file=sys.stderr)
-    mail_report(job, env.config.email, env.state_dir, sys.stdout)
+    mail_report(job, env.config.email, env.state_dir, sys.stdout, env.clock.now())
     return job.code
 
 
@@ -184,13 +185,13 @@ def _list(store: Any, fmt: str) -> int:
     return 0
 
 
-def _verify(store: Any, args: argparse.Namespace) -> int:
+def _verify(store: Any, args: argparse.Namespace, clock: Clock) -> int:
     from backup.progress import human
     from backup.restore import verify
 
     gen = store.find(args.generation)
     live = gen.manifest()["source"] if args.live else None
-    report = verify(gen, live)
+    report = verify(gen, live, clock)
     for p in report.problems:
         print(f"DAMAGED: {p}")
     for d in report.differences[:50]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from agent.system.clock import Clock
 from backup import hooks, index, layout, snapshot
 from backup.archive import (
     ArchiveError,
@@ -39,6 +40,7 @@ from backup.store import Generation, Store, StoreError
 from backup.walk import Excludes, Walked, walk
 
 MARGIN = 16 << 20  # free space kept beyond the estimate
+CLOCK = Clock()  # the generation's times (its id, created, finished); tests replace it
 
 
 class BackupError(Exception):
@@ -364,7 +366,7 @@ def _collector_paused() -> Iterator[None]:
 def _create_locked(source: str, store: Store, opts: BackupOptions, *, stream: TextIO,
                    say: Callable[[str], None], jobs: int | None,
                    removed: list[str]) -> Outcome:
-    t0 = time.time()
+    t0 = CLOCK.now()
     captured: dict[str, Any] = {}
     capture = threading.Thread(target=lambda: captured.update(layout.capture()), daemon=True)
     capture.start()  # its commands run while the tree is walked
@@ -429,7 +431,7 @@ def _manifest(gen_id: str, source: str, opts: BackupOptions, plan: Plan, *, writ
         segs.append({"name": f"{i:04d}", "fs": seg.fs, "kind": seg.kind, "key": writer.keys[i],
                      "entries": len(seg.members), "bytes": seg.size, **r})
     stored = sum(s["stored"] for s in segs)
-    now = time.time()
+    now = CLOCK.now()
     return {
         "format": 1, "id": gen_id, "created": _utc(t0), "finished": _utc(now),
         "seconds": round(now - t0, 3), "host": socket.gethostname(), "source": source,

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.system.clock import Clock
 from backup import archive, index, jail
 from backup.archive import ArchiveError
 from backup.store import Generation, StoreError
@@ -86,9 +87,11 @@ def _holds(gen: Generation, seg: dict[str, Any]) -> str:
     return f"{len(paths)} entries, {paths[0]} … {paths[-1]}"
 
 
-def verify(gen: Generation, live: str | None = None) -> VerifyReport:
+def verify(gen: Generation, live: str | None = None, clock: Clock | None = None
+           ) -> VerifyReport:
     """Re-read every file of the generation against SHA256SUMS and the manifest; with ``live``
-    (the source root) also compare the archives with the live files (tar --compare)."""
+    (the source root) also compare the archives with the live files (tar --compare). The
+    verification is recorded in the generation, dated by ``clock``."""
     report = VerifyReport(gen.id)
     manifest = gen.manifest()
     sums = _sums(gen)
@@ -121,8 +124,9 @@ def verify(gen: Generation, live: str | None = None) -> VerifyReport:
                 text = (line[5:] if line.startswith("tar: ") else line).strip()
                 if text and not text.startswith("Exiting with failure"):
                     report.differences.append(prefix + text)
+    at = (clock or Clock()).now()
     gen.record_verify({"ok": report.ok, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                            time.gmtime()),
+                                                            time.gmtime(at)),
                        "checked": report.checked, "bytes": report.bytes,
                        "problems": report.problems})
     return report

@@ -13,20 +13,18 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from agent.config.schema import TEXT, CheckOptions, listing, number, option, table
 from agent.env import Env
 from agent.model import Check, Result, Status
 from agent.system.commands import CommandError
 from agent.system.systemd import SystemdUnavailable
+from checks.certbase import CertRenewOptions, served_result
+from checks.certbase import x509_dates as _x509
 from checks.certbotlog import RenewRun, lineage_versions, renew_runs
-from checks.x509 import x509_dates as _x509
+from checks.mdrenew import md_results
 
-STARTTLS = {25: "smtp", 587: "smtp", 143: "imap", 110: "pop3"}
 # the timer of Debian's certbot package, of EPEL's (EL9), of the snap; each starts the
 # service of the same name
 TIMERS = ("certbot.timer", "certbot-renew.timer", "snap.certbot.renew.timer")
@@ -34,53 +32,6 @@ CRONS = ("etc/cron.d/certbot", "etc/cron.daily/certbot", "etc/crontab",
          "var/spool/cron/root", "var/spool/cron/crontabs/root")
 # Debian's cron line: "test -x /usr/bin/certbot -a \! -d /run/systemd/system && ..."
 SYSTEMD_GUARD = re.compile(r"(?:\\?!|\bnot\b)\s*-d\s+/run/systemd/system")
-
-
-@dataclass(frozen=True)
-class CertRenewOptions(CheckOptions):
-    certbot_dir: str = option("/etc/letsencrypt", TEXT, "certbot's configuration directory")
-    logs_dir: str = option("/var/log/letsencrypt", TEXT, "certbot's log directory "
-                           "(letsencrypt.log and its rotations: one file per certbot run)")
-    renew_run_hours: float = option(48.0, number(1, 24 * 365), "hours without a logged "
-                                    "certbot renew run that mean the renewer does not run "
-                                    "(the timer and cron job run it twice a day)")
-    served: Mapping[str, Any] | None = option(
-        None, table(TEXT, listing(TEXT)), 'lineage = ["host:port", ...]: where the '
-        "certificate of each certbot lineage is served (STARTTLS on 25, 587, 143, 110)")
-    httpd_conf: str = option("/etc/httpd/conf/httpd.conf", TEXT, "httpd's main config, "
-                             "read (with its Includes) for mod_md's MDomain, "
-                             "MDCertificateAgreement and MDStoreDir")
-    md_activate_hours: float = option(24.0, number(0, 24 * 365), "hours a renewed mod_md "
-                                      "certificate may wait in staging for httpd's restart")
-    renew_warn_days: float = option(25.0, number(0, 365), "days left on a certificate on "
-                                    "disk that mean renewal is failing (certbot renews at 30)")
-    renew_crit_days: float = option(7.0, number(0, 365), "days left: CRIT")
-    tls_timeout: float = option(10.0, number(0.1, 600), "seconds for one TLS handshake")
-    timeout: float = option(60.0, number(0.1, 3600), "seconds before the check is UNKNOWN")
-    interval: float = option(3600.0, number(1, 86400), "seconds between runs under steward "
-                             "run")
-
-
-def served_pem(endpoint: str, timeout: float) -> str:
-    host, _, port_text = endpoint.rpartition(":")
-    if not port_text.isdigit() or not host:
-        raise ValueError(f"{endpoint}: not host:port")
-    port = int(port_text)
-    argv = ["openssl", "s_client", "-connect", endpoint, "-servername", host.strip("[]")]
-    if port in STARTTLS:
-        argv += ["-starttls", STARTTLS[port]]
-    try:
-        proc = subprocess.run(argv, input=b"", capture_output=True, timeout=timeout,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        raise ValueError(f"{endpoint}: no TLS handshake within {timeout:g} s") from None
-    out = proc.stdout[:262144].decode(errors="replace")
-    m = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", out, re.S)
-    if not m:
-        err = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
-        raise ValueError(f"{endpoint}: no certificate served"
-                         + (f" ({err[-1][:120]})" if err else ""))
-    return m.group(0)
 
 
 class CertRenewCheck(Check):
@@ -99,9 +50,8 @@ class CertRenewCheck(Check):
             for conf in confs:
                 last = next((r for r in runs if conf.stem in r.outcomes), None)
                 results += self._lineage(env, conf.stem, base, last)
-        from checks.mdrenew import md_results
-
-        return results + md_results(self, env.sysroot / o.httpd_conf.lstrip("/"), env.sysroot)
+        return results + md_results(self, o, env.sysroot / o.httpd_conf.lstrip("/"),
+                                    env.sysroot, env.clock.now())
 
     # --- what runs certbot renew ------------------------------------------------------
 
@@ -278,37 +228,6 @@ class CertRenewCheck(Check):
             out = [self.result(Status.OK, f"lineage {name}: valid {days:.0f} more days",
                                target=name, details="\n".join(details))]
         for endpoint in (o.served or {}).get(name, ())[:16]:
-            out.append(self._served(name, endpoint, start, fp, now=env.clock.now()))
+            out.append(served_result(self, o, name, endpoint, disk_start=start, disk_fp=fp,
+                                     now=env.clock.now()))
         return out
-
-    def _served(self, name: str, endpoint: str, disk_start: float, disk_fp: str, *,
-                target: str = "", now: float | None = None) -> Result:
-        target = target or f"{name}:{endpoint}"
-        try:
-            s_start, s_end, s_fp = _x509(served_pem(endpoint, self.options.tls_timeout),
-                                         self.options.tls_timeout)
-        except (ValueError, OSError, subprocess.SubprocessError) as e:
-            return self.result(Status.CRIT, str(e)[:300], target=target,
-                               remedy=f"check the service on {endpoint}")
-        if s_fp == disk_fp:
-            return self.result(Status.OK, f"{endpoint} serves the certificate on disk",
-                               target=target)
-        when = time.strftime("%Y-%m-%d", time.gmtime(s_start))
-        if s_start < disk_start:
-            left = (s_end - (time.time() if now is None else now)) / 86400
-            md = target.startswith("md:")
-            return self.result(Status.CRIT if left < self.options.renew_crit_days else
-                               Status.WARN, f"{endpoint} serves an older certificate (issued "
-                               f"{when}, {left:.0f} days left) than the renewed one on disk: "
-                               "reload the daemon", target=target,
-                               details=f"served SHA-256 {s_fp[:23]}..., on disk "
-                               f"{disk_fp[:23]}...",
-                               remedy="reload the service (systemctl reload postfix/dovecot/"
-                               "httpd) and " + ("have MDNotifyCmd reload it after each "
-                               "renewal" if md else "add it to certbot's deploy hook "
-                               f"(renew_hook in renewal/{name}.conf, or a script in "
-                               "/etc/letsencrypt/renewal-hooks/deploy/)"))
-        return self.result(Status.WARN, f"{endpoint} serves another certificate (issued "
-                           f"{when}) than lineage {name}", target=target,
-                           remedy=f"point the service at {name}'s live/ files, or fix "
-                           "served in [checks.certrenew]")

@@ -70,7 +70,7 @@ def cmd_check(args: argparse.Namespace, env: Env) -> int:
     opts = env.config.checks.get("updates")
     dnf = Dnf(env.commands, root, timeout=getattr(opts, "timeout", DEFAULT_TIMEOUT))
     try:
-        pending = look(dnf, time.time(), security_only=args.security,
+        pending = look(dnf, env.clock.now(), security_only=args.security,
                        every_advisory=not args.security)
     except DnfError as e:
         print(f"steward: dnf failed: {e}", file=sys.stderr)
@@ -157,7 +157,8 @@ def cmd_apply(args: argparse.Namespace, env: Env, registry: Registry | None = No
     env = resolve(registry, env)
     dnf = Dnf(env.commands, root, timeout=opts.duration * 60.0)
     patcher = Patcher(env, registry, dnf, host=socket.gethostname(),
-                      report=lambda out: publish(out, env.config, env.state_dir),
+                      report=lambda out: publish(out, env.config, env.state_dir,
+                                                 clock=env.clock),
                       say=lambda text: print(f"steward: {text}", file=sys.stderr, flush=True))
     return patcher.run(req).exit_code()
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from agent.commands import Command, Setup
 from agent.errors import UsageError
 from agent.fileio import read_json
+from agent.system.clock import Clock
 from agent.system.commands import CommandError, CommandRunner
 from backup.archive import ArchiveError
 from backup.progress import human
@@ -251,7 +252,7 @@ def restore_command(args: argparse.Namespace, runner: CommandRunner, gen: Genera
 
 
 def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
-            restore: Callable[..., Any]) -> int:
+            restore: Callable[..., Any], *, clock: Clock | None = None) -> int:
     from usbimage import restoredisk, restorefix
 
     started = time.monotonic()
@@ -296,7 +297,7 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
             lines.append(f"took {time.monotonic() - started:.0f} s")
             for line in lines:
                 say(line)
-            _write_report(root, plan, lines, run.done)
+            _write_report(root, plan, lines, run.done, (clock or Clock()).now())
         runner.run(["sync"], timeout=600)
     except (restoredisk.RestoreError, OSError, StoreError, ArchiveError) as e:
         out.write(f"steward: restore FAILED: {e}\nSteps done: {'; '.join(run.done) or 'none'}"
@@ -310,10 +311,12 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
     return 0
 
 
-def _write_report(root: Path, plan: Plan, lines: list[str], steps: list[str]) -> None:
+def _write_report(root: Path, plan: Plan, lines: list[str], steps: list[str],
+                  now: float) -> None:
     path = root / REPORT
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = [f"steward restore, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", "", text(plan),
+    body = [f"steward restore, {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(now))}",
+            "", text(plan),
             "Result:", *[f"  {x}" for x in lines], "", "Steps:", *[f"  {s}" for s in steps]]
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(body) + "\n")

@@ -170,7 +170,7 @@ class MailDnsCheck(Check):
             "dane": partial(dane_rules, ctx, o.dane_port, o.tls_timeout,
                             o.dane_next_certs or MappingProxyType({})),
             "tls-rpt": partial(_one, tlsrpt_rule, ctx),
-            "dnssec": partial(_one, dnssec_rule, ctx, o.dnssec_expiry_warn),
+            "dnssec": partial(_one, dnssec_rule, ctx, o.dnssec_expiry_warn, env.clock.now()),
         }
         if o.bind_signing == "yes" or (o.bind_signing == "auto" and ctx.note):
             from checks.maildns.bindsign import bind_rule

@@ -15,6 +15,7 @@ from agent.config import Config
 from agent.env import Env
 from agent.model import Status
 from checks.certrenew import CertRenewCheck, CertRenewOptions
+from tests.clocks import FakeClock
 from tests.mailserver import make_ca
 from tests.tlsservers import WebServer, issue_cert
 
@@ -48,8 +49,8 @@ def tree(tmp_path, lineages: dict, cron: bool = True):
     return root
 
 
-def run(root, **kw) -> dict:
-    env = Env(Config("<test>"), sysroot=root)
+def run(root, clock=None, **kw) -> dict:
+    env = Env(Config("<test>"), sysroot=root, **({"clock": clock} if clock else {}))
     [check] = CertRenewCheck.instances(CertRenewOptions(**kw), env)
     return {r.check: r for r in check.run(env)}
 
@@ -88,6 +89,21 @@ def test_failing_renewal_and_nothing_renewing(tmp_path, certs):
 
 def test_no_certbot_yields_nothing(tmp_path):
     assert run(tmp_path) == {}
+
+
+LIMITS = {"renew_warn_days": 5, "renew_crit_days": 1}
+
+
+def test_days_left_on_disk_are_counted_from_the_clock(tmp_path, certs):
+    """The same certificate, 10 days from expiry: OK with 5 days' warning; with the clock
+    8 days on, WARN; 9.5 days on, CRIT."""
+    root = tree(tmp_path, {"mail": certs["soon"][0]})
+    clock = FakeClock(time.time())  # the certificate's dates are real ones
+    today = run(root, clock, **LIMITS)["certrenew:mail"]
+    assert today.status is Status.OK and today.summary == "lineage mail: valid 10 more days"
+    later = run(root, clock.advance(days=8), **LIMITS)["certrenew:mail"]
+    assert later.status is Status.WARN and "expires in 2 days" in later.summary, later
+    assert run(root, clock.advance(days=1.5), **LIMITS)["certrenew:mail"].status is Status.CRIT
 
 
 # --- httpd's mod_md ------------------------------------------------------------------------
@@ -181,6 +197,27 @@ def test_mod_md_domains_are_judged_from_config_and_store(tmp_path, certs):
     assert "renewal is failing" in r["certrenew:md:soon.test"].summary
     fresh = r["certrenew:md:fresh.test"]
     assert fresh.status is Status.WARN and "configured but not in md's store" in fresh.summary
+
+
+def test_mod_md_days_left_and_staging_wait_are_counted_from_the_clock(tmp_path, certs):
+    clock = FakeClock(time.time())
+    root = httpd_tree(tmp_path, certs, "MDCertificateAgreement accepted\nMDomain soon.test\n"
+                      "MDomain staged.test\n", {
+                          "soon.test": (2, "soon", None),
+                          "staged.test": (2, "new", job_json("staged.test", finished=True,
+                                                             last_run=clock.now() - 600))})
+    today = run(root, clock, **LIMITS)
+    assert today["certrenew:md:soon.test"].status is Status.OK
+    assert today["certrenew:md:soon.test"].summary == \
+        "mod_md domain soon.test: complete, valid 10 more days"
+    assert today["certrenew:md:staged.test"].status is Status.OK  # waited 10 minutes
+    later = run(root, clock.advance(days=8), **LIMITS)
+    soon = later["certrenew:md:soon.test"]
+    assert soon.status is Status.WARN and "expires in 2 days" in soon.summary, soon
+    staged = later["certrenew:md:staged.test"]
+    assert staged.status is Status.WARN and "waited 192 h in staging" in staged.summary, staged
+    assert run(root, clock.advance(days=1.5), **LIMITS)["certrenew:md:soon.test"].status is \
+        Status.CRIT
 
 
 def test_mod_md_without_the_terms_agreed_is_critical(tmp_path, certs):

@@ -105,7 +105,7 @@ def test_after_reboot_in_the_same_boot_waits_then_says_it_did_not_happen(tmp_pat
 
 
 def test_after_reboot_without_a_marker_has_nothing_to_say(tmp_path):
-    assert after_reboot(tmp_path) is None
+    assert after_reboot(tmp_path, 1.0e9) is None
 
 
 def test_the_marker_holds_this_boots_id_by_default(tmp_path):
@@ -234,7 +234,7 @@ def test_the_report_says_everything_in_text_and_escaped_html():
     out.worse = tuple(worse(out.health_before, out.health_after))
     out.rollback = Rollback("dnf history undo 7", ran=True, transaction=tx("openssl"),
                             health=health(a=Status.OK))
-    subject, text, html = render(out, None)
+    subject, text, html = render(out, None, now=2000.0)
     assert subject == "[steward] mail1: patch FAILED: health worse after patching (a); " \
                       "rolled back, health recovered; reboot pending"
     for line in ("Mode: all, excluding kernel*",
@@ -253,7 +253,7 @@ def test_the_report_says_everything_in_text_and_escaped_html():
     assert "openssl &amp; friends" in html and "(pid 42: &lt;dnf&gt;)" in html
     assert "#c62828" in html  # CRIT
     # [notify.email] language = "ja": the same report in Japanese, values untouched.
-    ja_subject, ja_text, ja_html = render(out, None, "ja")
+    ja_subject, ja_text, ja_html = render(out, None, "ja", now=2000.0)
     assert ja_subject.startswith("[steward] mail1: パッチ適用の結果: patch FAILED")
     for line in ("モード: all、除外 kernel*", "  postfix.service: 正常, active (running)",
                  "適用前の状態: 1 OK (0.1 s)", "適用後の状態: 1 WARN (0.1 s)",
