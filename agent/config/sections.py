@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 from agent.config.schema import BOOLEAN, TEXT, Parser, choice, listing, number, option, table
 from agent.entrypoints import entry_points
 from agent.events import KINDS, Event
-from agent.model import Status
 from agent.quote import quote
+from agent.status import Status
 
 # min_severity values: the one severity order (agent.model.Status.severity), OK left out
 SEVERITIES = tuple(s.name for s in sorted(Status, key=lambda s: s.severity) if s.severity)

@@ -20,18 +20,11 @@ from agent.memory import CheckRecord, Memory
 from agent.model import Status
 from agent.notices import Notices
 from agent.notify.mailer import Mailer, send_with, sender_for
+from tests.clocks import FakeClock
 from tests.conftest import REPO
 from tests.mailserver import MailServer, free_port
 
 T0 = 1_800_000_000.0  # a fixed "now": the tests drive time themselves
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.t = now
-
-    def now(self) -> float:
-        return self.t
 
 
 def options(port: int, tmp: Path, **kw) -> EmailOptions:
@@ -45,7 +38,7 @@ class Chain:
     """The notices policy and the mailer, as the supervisor joins them."""
 
     def __init__(self, port: int, tmp: Path, alerts: dict | None = None, **kw) -> None:
-        self.clock = Clock(T0)
+        self.clock = FakeClock(T0)
         self.mailer = Mailer(options(port, tmp, **kw), tmp / "state", "mail1", clock=self.clock)
         self.notices = Notices(Memory(), AlertOptions(**{"cooldown": 900.0, "reminder": 3600.0,
                                                           **(alerts or {})}))
@@ -74,7 +67,7 @@ def server(tmp_path):
 
 def mailer(server, tmp_path, **kw) -> Mailer:
     return Mailer(options(server.port, tmp_path, **kw), tmp_path / "state", "mail1",
-                  clock=Clock(T0))
+                  clock=FakeClock(T0))
 
 
 def deliver(m: Mailer, now: float) -> None:
@@ -222,7 +215,7 @@ def test_summaries_with_html_or_template_syntax_are_escaped_never_run(server, tm
 
 def test_server_down_for_an_hour_then_everything_is_delivered_exactly_once(tmp_path):
     port = free_port()
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     m = Mailer(options(port, tmp_path, to=(("admin@example.com", "WARN"),)),
                tmp_path / "state", "mail1", clock=clock)
     for i in range(3):

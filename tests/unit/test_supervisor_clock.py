@@ -14,26 +14,9 @@ from agent.registry import discover
 from agent.state import StateDir
 from agent.supervisor import Supervisor
 from agent.system.sdnotify import SdNotify
+from tests.clocks import FakeClock
 
 T0 = 1_800_000_000.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.wall, self.mono = T0, 1000.0
-
-    def now(self) -> float:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
 
 
 class Recorder:
@@ -63,7 +46,7 @@ def test_time_moves_only_when_the_clock_does(tmp_path: Path):
                                                      "interval": 60}},
                           "alerts": {"reminder": 3600, "cooldown": 900}},
                          "<test>", registry.checks)
-    clock, recorder = FakeClock(), Recorder()
+    clock, recorder = FakeClock(T0), Recorder()
     state = StateDir(tmp_path / "state")
     state.ensure()
     sup = Supervisor(registry, Env(config, clock=clock, state_dir=tmp_path / "state"), None,
