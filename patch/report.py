@@ -158,6 +158,17 @@ def render(out: Outcome, template_dir: str | Path | None,
     return ReportTemplates(template_dir, language).render_report(view(out))
 
 
+def store(out: Outcome, state_dir: Path, text: str, stream: TextIO) -> None:
+    """patch/last-report.json, what ``steward patch last`` (and the Cockpit page) reads."""
+    from patch import lastreport
+
+    try:
+        lastreport.write(state_dir, lastreport.document(out, view(out), text))
+    except OSError as e:
+        stream.write(f"the report for the Cockpit page could not be written: {e.filename}: "
+                     f"{e.strerror or e}\n")
+
+
 def publish(out: Outcome, config: Config, state_dir: Path, *,
             stream: TextIO | None = None) -> None:
     """Print the report and mail it (queued first; delivered now if a relay takes it). Sets
@@ -168,6 +179,7 @@ def publish(out: Outcome, config: Config, state_dir: Path, *,
     opts = config.email
     subject, text, html = render(out, opts.template_dir, opts.language)
     stream.write(text)
+    store(out, state_dir, text, stream)
     if not opts.enabled:
         out.delivered = None
         stream.write("report not mailed: no [notify.email] recipients configured\n")
