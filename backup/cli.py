@@ -118,7 +118,8 @@ def _target(args: argparse.Namespace, opts: BackupOptions) -> Path:
 
 
 def run(args: argparse.Namespace, opts: BackupOptions, env: Env | None = None) -> int:
-    """``steward backup ...``; ``env`` (the agent's) is needed by ``create --usb`` only."""
+    """``steward backup ...``; ``env`` (the agent's) is needed by ``create --usb``, ``start``
+    and ``last``; without it ``create`` keeps no report nor progress file."""
     from backup.store import Store, StoreError
 
     if args.backup_command == "last":

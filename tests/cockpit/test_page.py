@@ -248,6 +248,47 @@ def test_a_broken_last_report_is_said_on_the_tab(world):
         path.write_text(good)
 
 
+@pytest.fixture(scope="module")
+def patched(world: dict[str, Any]) -> dict[str, Any]:
+    """A real patch run (dnf in an installroot, tests/patch/repo.py) that made health worse,
+    its report in the daemon's state dir."""
+    from tests.patch.applybed import write_conf
+    from tests.patch.repo import build_repos, make_template, missing_tools
+
+    why = missing_tools()
+    if why:
+        pytest.skip(why)
+    tmp: Path = world["tmp"]
+    bed = make_template(tmp / "dnfroot", build_repos())
+    bed.enable("risky")  # cryptopol 1.1 sets the LEGACY crypto policy: the audit gets worse
+    (tmp / "patchconf").mkdir()
+    conf = write_conf(tmp / "patchconf")
+    done = subprocess.run([sys.executable, "-m", "agent", "patch", "apply", "--all",
+                           "--installroot", str(bed.root), "--config", str(conf),
+                           "--state-dir", str(world["state"])], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    return {"stdout": done.stdout}
+
+
+def test_the_patching_tab_shows_the_last_patch_report_with_health_before_and_after(
+        world, patched):
+    b: Browser = world["browser"]
+    b.js("document.querySelector('nav button[data-tab=overview]').click()")
+    b.js("document.querySelector('nav button[data-tab=patching]').click()")
+    b.wait("/Health before/.test(document.querySelector('#patch-report').textContent)",
+           timeout=30)
+    report = cells(b, "patch-report")
+    assert report["Result"].startswith("CRIT patch FAILED: health worse after patching"), report
+    before, after = report["Health before"], report["Health after"]
+    assert before.split()[0] in ("OK", "WARN", "CRIT", "UNKNOWN") and " checks in " in before
+    assert before.split(" (")[0].split(" ", 1)[1] in patched["stdout"]  # "3 OK, 2 CRIT"
+    assert after != before
+    assert report["Checks that got worse"].startswith(
+        "audit:system.crypto_policy: OK → WARN: System crypto policy is not LEGACY"), report
+    assert "cryptopol.noarch: 1.0-1 → 1.1-1" in report["Packages changed"]
+
+
 def _screens(b: Browser, lang: str, shots: Path) -> None:
     shots.mkdir(parents=True, exist_ok=True)
     for tab in TABS:

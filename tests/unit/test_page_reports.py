@@ -1,7 +1,7 @@
 """What the Cockpit page's Backups tab reads: the report every ``steward backup create`` leaves
 in the state dir, the progress file while one runs, ``steward backup last`` and ``steward
-backup start``, from the real commands and against their schemas; plus ``steward usb list``'s
-JSON. (The patch report is in tests/patch/test_apply.py, beside the patch runs that make it.)"""
+backup start``, from the real commands and against their schemas. (The patch report is in
+tests/patch/test_apply.py, beside the patch runs that make it; ``usb list`` in tests/usb.)"""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.conftest import REPO, run_steward
 from tests.schemas import validate
@@ -166,13 +164,3 @@ def test_backup_start_runs_create_as_a_unit_and_is_refused_while_one_runs(tmp_pa
     assert f"generation {rep['generation']} committed in {target}" in log
     wrong = run_steward("backup", "start", "--device", "/dev/sdz", *args, env=env)
     assert wrong.returncode == 2 and "--device picks the drive for --usb" in wrong.stderr
-
-
-@pytest.mark.parametrize("flag", [(), ("--all",)])
-def test_usb_list_matches_its_schema(flag):
-    r = run_steward("usb", "list", *flag, "--format", "json")
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
-    validate(doc, "usb-list.schema.json")
-    if flag:
-        assert doc["disks"], "steward usb list --all found no disk at all"
