@@ -78,7 +78,7 @@ const BackupReport = {
             [_("Where"), cockpit.format(_("$0 from $1"), where, rep.source)],
             [_("Generation"), rep.generation || "-"],
             [_("Size"), size],
-            [_("Duration"), seconds(rep.duration_s)],
+            [_("Time taken"), seconds(rep.duration_s)],
             [_("Verified"), rep.verified ? _("yes: read back and compared before the commit") : _("no")],
             [_("Files that changed while read"), lines(changed)],
             [_("Errors"), lines(rep.errors)],

@@ -106,6 +106,8 @@ const Backups = {
                 ? cockpit.format(_("The steward USB drive is present: $0"), drives.map(d => d.path).join(", "))
                 : _("No steward USB drive is plugged in."));
         }, err => note("usb", err.message));
+        if (!this.timer)  // (a running backup's progress is being read already)
+            fillTable("backup-report", [], _("Reading the last report…"));
         this.last();
         return this.generations();
     },
@@ -190,6 +192,7 @@ const Patching = {
             ? cockpit.format(_("Last window: $0, $1$2"), when(last.window), last.outcome,
                              last.detail ? " (" + last.detail + ")" : "")
             : _("No patch window has run yet."));
+        fillTable("patch-report", [], _("Reading the last report…"));
         stewardJSON(withConfig(["patch", "last"])).then(doc => PatchReport.show(doc),
                                                          err => fillTable("patch-report", [], err.message));
         return this.check();

@@ -104,7 +104,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     daemon, log, state = start_daemon(tmp, QUIET +
                                       f'[backup]\ntarget = "{target}"\nsource = "{src}"\n'
                                       # long enough for "back up now" to show its progress
-                                      'post_hooks = [["sleep", "3"]]\n'
+                                      'post_hooks = [["/bin/sleep", "3"]]\n'
                                       f'[checks.port]\ntargets = ["127.0.0.1:{port}"]'
                                       "\ninterval = 1\n")
     bindir = bin_dir(tmp)
@@ -246,6 +246,10 @@ def test_a_broken_last_report_is_said_on_the_tab(world):
         assert str(path) in text(b, "#backup-report tbody")
     finally:
         path.write_text(good)
+    b.js("document.querySelector('nav button[data-tab=overview]').click()")
+    b.js("document.querySelector('nav button[data-tab=backups]').click()")
+    b.wait("/committed and verified/.test(document.querySelector('#backup-report').textContent)",
+           timeout=30)
 
 
 @pytest.fixture(scope="module")

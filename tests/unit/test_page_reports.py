@@ -69,7 +69,7 @@ def test_a_backup_leaves_its_report_for_backup_last(tmp_path):
 def test_a_failed_backup_is_reported_with_why(tmp_path):
     src, target = tree(tmp_path)
     state = tmp_path / "state"
-    cfg = conf(tmp_path, '[backup]\npre_hooks = [["false"]]\n')
+    cfg = conf(tmp_path, '[backup]\npre_hooks = [["/bin/false"]]\n')
     made = run_steward("backup", "create", "--source", str(src), "--target", str(target),
                        "--config", str(cfg), "--state-dir", str(state), timeout=120)
     assert made.returncode == 1
@@ -77,14 +77,14 @@ def test_a_failed_backup_is_reported_with_why(tmp_path):
     assert rep["ok"] is False and rep["generation"] is None and rep["stored"] is None
     assert rep["verified"] is False and rep["exit_code"] == 1
     [error] = rep["errors"]
-    assert "pre hook false exited 1" in error and "nothing committed" in error
+    assert "pre hook /bin/false exited 1" in error and "nothing committed" in error
 
 
 def test_a_running_backup_shows_its_progress_then_its_report(tmp_path):
     src, target = tree(tmp_path)
     state = tmp_path / "state"
     # The post hook keeps the backup running (archives written) long enough to be seen.
-    cfg = conf(tmp_path, '[backup]\npost_hooks = [["sleep", "4"]]\n')
+    cfg = conf(tmp_path, '[backup]\npost_hooks = [["/bin/sleep", "4"]]\n')
     proc = subprocess.Popen([sys.executable, "-m", "agent", "backup", "create", "--source",
                              str(src), "--target", str(target), "--config", str(cfg),
                              "--state-dir", str(state)], cwd=REPO, stdout=subprocess.DEVNULL,
@@ -138,7 +138,7 @@ def test_backup_start_runs_create_as_a_unit_and_is_refused_while_one_runs(tmp_pa
     bindir.mkdir()
     units = install(bindir, tmp_path / "units")
     cfg = conf(tmp_path, f'[backup]\ntarget = "{target}"\nsource = "{src}"\n'
-               'post_hooks = [["sleep", "3"]]\n')
+               'post_hooks = [["/bin/sleep", "3"]]\n')
     env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
     args = ("--config", str(cfg), "--state-dir", str(state), "--format", "json")
     r = run_steward("backup", "start", *args, env=env)
