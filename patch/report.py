@@ -159,8 +159,12 @@ def render(out: Outcome, template_dir: str | Path | None,
 
 
 def store(out: Outcome, state_dir: Path, text: str, stream: TextIO) -> None:
-    """patch/last-report.json, what ``steward patch last`` (and the Cockpit page) reads."""
+    """patch/last-report.json, what ``steward patch last`` (and the Cockpit page) reads; not
+    for a dry run, which changes nothing, steward's state included."""
     from patch import lastreport
+
+    if out.dry_run:
+        return
 
     try:
         lastreport.write(state_dir, lastreport.document(out, view(out), text))
