@@ -160,6 +160,21 @@ def render(out: Outcome, template_dir: str | Path | None, language: str = "en", 
     return ReportTemplates(template_dir, language).render_report(view(out, now))
 
 
+def store(out: Outcome, state_dir: Path, text: str, stream: TextIO, now: float) -> None:
+    """patch/last-report.json, what ``steward patch last`` (and the Cockpit page) reads; not
+    for a dry run, which changes nothing, steward's state included."""
+    from patch import lastreport
+
+    if out.dry_run:
+        return
+
+    try:
+        lastreport.write(state_dir, lastreport.document(out, view(out, now), text))
+    except OSError as e:
+        stream.write(f"the report for the Cockpit page could not be written: {e.filename}: "
+                     f"{e.strerror or e}\n")
+
+
 def publish(out: Outcome, config: Config, state_dir: Path, *, clock: Clock,
             stream: TextIO | None = None) -> None:
     """Print the report and mail it (queued first; delivered now if a relay takes it). Sets
@@ -171,6 +186,7 @@ def publish(out: Outcome, config: Config, state_dir: Path, *, clock: Clock,
     now = clock.now()
     subject, text, html = render(out, opts.template_dir, opts.language, now=now)
     stream.write(text)
+    store(out, state_dir, text, stream, now)
     if not opts.enabled:
         out.delivered = None
         stream.write("report not mailed: no [notify.email] recipients configured\n")

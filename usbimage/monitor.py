@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 
 DEBOUNCE = 10.0  # seconds: one decision per device however many "add" events arrive
 UNIT_PREFIX = "steward-usb-backup"
-# Not while another backup or a patch run (whose pre-patch backup may be writing) is active.
-BUSY_UNITS = (f"{UNIT_PREFIX}-*.service", "steward-patch-*.service", "steward-patch.service")
+# Not while another backup (to the drive, or to [backup] target by steward backup start) or a
+# patch run (whose pre-patch backup may be writing) is active.
+BUSY_UNITS = (f"{UNIT_PREFIX}-*.service", "steward-backup-*.service",
+              "steward-patch-*.service", "steward-patch.service")
 BACKUP_TIMEOUT_MIN = 12 * 60  # a whole system onto a slow stick
 POLL = 0.5  # how soon stop() is noticed
 

@@ -21,6 +21,7 @@ from patch.dnfparse import Advisory, Update
 from patch.pending import Pending
 from tests.clocks import FakeClock
 from tests.patch.repo import SECURITY_ISSUED, Bed
+from tests.schemas import validate
 
 DAY = 86400.0
 
@@ -130,6 +131,7 @@ def test_patch_check_json_security_only_and_nothing_pending(bed: Bed, capsys):
     args = parse("--installroot", str(bed.root), "--security", "--format", "json")
     assert cli.run(args, env) == cli.PENDING
     doc = json.loads(capsys.readouterr().out)
+    validate(doc, "patch-check.schema.json")
     assert [u["name"] for u in doc["updates"]] == ["hello-appl"]
     assert doc["updates"][0]["advisories"] == ["RLSA-2025:0001"]
     assert doc["advisories"][0]["cves"] == ["CVE-2025-0001"] and doc["security"] == 1
@@ -172,7 +174,9 @@ def _wired() -> bool:
 def test_steward_patch_check_on_the_command_line(bed: Bed, steward):
     done = steward("patch", "check", "--installroot", str(bed.root), "--format", "json")
     assert done.returncode == cli.PENDING, done.stderr
-    assert json.loads(done.stdout)["all"] == 2
+    doc = json.loads(done.stdout)
+    validate(doc, "patch-check.schema.json")  # what the Cockpit page reads
+    assert doc["all"] == 2
     done = steward("patch", "check", "--installroot", str(bed.root / "nope"))
     assert done.returncode == 2 and "not a directory" in done.stderr
 
