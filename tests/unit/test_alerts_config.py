@@ -47,6 +47,15 @@ def test_an_older_config_keeps_its_notify_email_cooldown_reminder_and_digest():
     assert from_tables({}, "x", checks).alerts.cooldown == 900
 
 
+def test_config_check_says_where_a_moved_key_is_read(tmp_path):
+    conf = tmp_path / "steward.toml"
+    conf.write_text('[notify.email]\ncooldown = 60\n')
+    conf.chmod(0o600)
+    done = run_steward("config", "check", "--config", str(conf))
+    assert done.returncode == 0, done.stderr
+    assert "[notify.email] cooldown is read as [alerts] cooldown" in done.stderr
+
+
 def test_a_route_takes_kinds_and_severities_and_recoveries_follow_their_problem():
     crit = Route(Status.CRIT)
     assert not crit.takes(Event("problem", "disk:/", Status.WARN, "81%"))
