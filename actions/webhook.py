@@ -1,6 +1,6 @@
 """``[notify.webhook]``: events POSTed as JSON to an HTTP(S) endpoint, or in Alertmanager's v2
-API shape (``mode = "alertmanager"``: the fleet's Prometheus Alertmanager receives steward's
-alerts and routes, groups and silences them with the rest).
+API shape (``mode = "alertmanager"``, actions.alertmanager: the fleet's Prometheus
+Alertmanager receives steward's alerts and routes, groups and silences them with the rest).
 
 Each event is written to a persistent outbox (``<state>/webhook-outbox``) before anything is
 sent, and leaves it only once the endpoint answered 2xx; a worker thread retries with backoff
@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
+from actions.alertmanager import RESEND, Firing
 from agent.config.schema import Parser, choice, http_url, number, option, table
-from agent.events import Event, at_least
-from agent.model import Status
+from agent.events import Event
+from agent.memory import CheckRecord
 from agent.notify.outbox import DeliveryWorker, RawOutbox
-from agent.policy import CheckRecord
+from agent.system.clock import Clock
 
 log = logging.getLogger(__name__)
 MODES = ("json", "alertmanager")
@@ -72,9 +71,6 @@ class WebhookOptions:
                              "its base URL (http://am:9093) or the full /api/v2/alerts")
     mode: str = option("json", choice(*MODES), "json: one JSON object per event; "
                        "alertmanager: Alertmanager's v2 postableAlerts")
-    min_severity: str = option("WARN", choice("WARN", "UNKNOWN", "CRIT"),
-                               "events below this are not sent (recoveries of what was sent "
-                               "always are)")
     headers: Mapping[str, str] | None = option(None, table(Parser(_header_name, "a header name"),
                                                   Parser(_header_value, "one line of text")),
                                         "extra HTTP headers, e.g. { Authorization = "
@@ -91,31 +87,8 @@ class WebhookOptions:
         return self.url
 
 
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
-
-
 def json_body(event: Event, host: str) -> dict[str, Any]:
     return {"host": host, **event.to_dict()}
-
-
-def alertmanager_body(event: Event, host: str, now: float) -> list[dict[str, Any]]:
-    """One postableAlert (Alertmanager API v2): a recovery ends the alert (endsAt now)."""
-    plugin = event.check.split(":", 1)[0]
-    alert: dict[str, Any] = {
-        "labels": {"alertname": f"steward_{plugin}".replace("-", "_"), "check": event.check,
-                   "instance": host, "severity": event.status.name.lower(),
-                   "kind": event.kind, "job": "steward"},
-        "annotations": {"summary": event.summary,
-                        **({"description": event.details} if event.details else {}),
-                        **({"remedy": event.remedy} if event.remedy else {}),
-                        **({"actions": "; ".join(event.actions)} if event.actions else {})},
-        "startsAt": _iso(event.since or now),
-    }
-    if event.status is Status.OK:
-        alert["endsAt"] = _iso(now)
-    return [alert]
 
 
 class WebhookAction:
@@ -130,28 +103,22 @@ class WebhookAction:
                ) -> WebhookAction | None:
         return cls(options, state_dir, host) if options.url else None
 
-    def __init__(self, opts: WebhookOptions, state_dir: Path, host: str) -> None:
-        self.opts, self.host = opts, host
+    def __init__(self, opts: WebhookOptions, state_dir: Path, host: str,
+                 clock: Clock | None = None) -> None:
+        self.opts, self.host, self.clock = opts, host, clock or Clock()
         self.outbox = RawOutbox(Path(state_dir) / "webhook-outbox", opts.retry_max)
-        self.sent: set[str] = set()  # checks whose problem was sent: their recovery is too
+        self.firing = Firing(Path(state_dir) / "webhook-firing.json") \
+            if opts.mode == "alertmanager" else None
+        self._resend_at = 0.0
         self._worker: DeliveryWorker | None = None
 
-    def wants(self, event: Event) -> bool:
-        if event.status is Status.OK:
-            return event.kind != "recovery" or event.check in self.sent or \
-                at_least(Status.WARN, self.opts.min_severity)
-        return at_least(event.status, self.opts.min_severity)
-
     def send(self, event: Event, host: str) -> None:
-        if not self.wants(event):
+        """Which events come here is ``[alerts] route.webhook``'s (agent.notify)."""
+        now = self.clock.now()
+        body: Any = json_body(event, host) if self.firing is None else \
+            self.firing.body(event, host, now)
+        if not body:
             return
-        if event.status is Status.OK:
-            self.sent.discard(event.check)
-        else:
-            self.sent.add(event.check)
-        now = time.time()
-        body = alertmanager_body(event, host, now) if self.opts.mode == "alertmanager" \
-            else json_body(event, host)
         name = self.outbox.put_text(json.dumps(body, sort_keys=True), now)
         log.info("webhook %s queued for %s: %s %s", name, shown(self.opts.endpoint),
                  event.check, event.status.name)
@@ -187,7 +154,16 @@ class WebhookAction:
         return [(shown(url), ok, f"HTTP {answer.status}" + ("" if ok else f": {text[:200]}"))]
 
     def tick(self, now: float, checks: Mapping[str, CheckRecord]) -> None:
-        return None
+        """Alertmanager mode: post what fires again, every RESEND s (best effort: what
+        changes goes through the outbox)."""
+        if self.firing is None or not self.firing.alerts or now < self._resend_at:
+            return
+        self._resend_at = now + RESEND
+        [(url, ok, detail)] = self.post(json.dumps(list(self.firing.alerts.values()),
+                                                   sort_keys=True).encode())
+        if not ok:
+            log.debug("webhook: re-posting %d firing alerts to %s: %s",
+                      len(self.firing.alerts), url, detail)
 
     def start(self) -> None:
         self._worker = DeliveryWorker(self.outbox, self.post, what="webhook", retry_at_start=True)

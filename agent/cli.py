@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, commands, daemon_cli
-from agent.config import BUILTIN, SECTIONS, Config, ConfigError, from_tables, read
+from agent.config import BUILTIN, MOVED, SECTIONS, Config, ConfigError, from_tables, read
 from agent.config.schema import to_toml, toml_key
 from agent.env import DEFAULT_STATE_DIR, Env
 from agent.errors import UsageError
@@ -200,6 +200,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     print(f"OK: {where} is valid ({len(cfg.checks)} checks, {enabled} enabled)")
     for reason in registry.failures.values():
         print(f"warning: {reason}", file=sys.stderr)
+    for key in MOVED:
+        if getattr(cfg.email, key) is not None:
+            print(f"warning: {cfg.source}: [notify.email] {key} is read as [alerts] {key} "
+                  "(it moved there and holds for every action)", file=sys.stderr)
     return 0
 
 
@@ -210,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     registry, env = _setup(args)
     env = dataclasses.replace(env, keeps_state=True)
-    state = StateDir(env.state_dir)
+    state = StateDir(env.state_dir, env.clock)
     state.ensure()
     host = socket.gethostname()
     return Supervisor(registry, env, args.config,

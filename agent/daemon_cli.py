@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import UsageError
-from agent.policy import Maintenance
+from agent.memory import Maintenance
 from agent.state import StateDir
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
@@ -137,7 +137,7 @@ def cmd_status(state: StateDir, as_json: bool) -> int:
 def cmd_maintenance(state: StateDir, mode: str, units: list[str], duration: str,
                     fmt: str = "text") -> int:
     state.ensure()
-    now = time.time()
+    now = state.clock.now()
     current = state.maintenance()
     m = Maintenance(current.until, {u: t for u, t in current.units.items() if t > now})
     if mode == "on":

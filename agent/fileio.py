@@ -1,15 +1,18 @@
-"""Writing files so that a reader never sees half of one (temp file, fsync, rename), and the
-one exclusive lock with a timeout that every writer shares."""
+"""Writing files so that a reader never sees half of one (temp file, fsync, rename), the one
+exclusive lock with a timeout that every writer shares, and reading exactly n bytes from a
+stream."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644, durable: bool = True) -> None:
@@ -30,6 +33,18 @@ def write_atomic(path: Path, text: str, mode: int = 0o644, durable: bool = True)
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def read_exactly(read: Callable[[int], bytes], n: int) -> bytes:
+    """``n`` bytes from ``read`` (a file's read, a socket's recv), called until it gave them all
+    or nothing more (the end of the stream: fewer than ``n`` then, for the caller to refuse)."""
+    data = b""
+    while len(data) < n:
+        chunk = read(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def fsync_dir(path: Path) -> None:
@@ -76,3 +91,22 @@ def flocked(path: str | os.PathLike[str], timeout: float | None = 0.0, *, create
         yield fd
     finally:
         os.close(fd)
+
+
+MAX_JSON = 16 * 1024 * 1024  # bytes of a JSON file steward reads whole (its own records)
+
+
+def read_json(path: str | os.PathLike[str], limit: int = MAX_JSON) -> Any:
+    """A JSON file that may be hostile (a USB drive's manifest): at most ``limit`` bytes,
+    nesting that would exhaust the parser's recursion refused; every refusal a ValueError
+    that says why (OSError as the file gives it)."""
+    with open(path, "rb") as fh:
+        raw = fh.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except RecursionError:
+        raise ValueError("nested too deep to be a steward file") from None

@@ -1,5 +1,6 @@
-"""The vocabulary every part of steward speaks: Status, Metric, Result and Check (the event
-that leaves the policy for the actions is agent.events.Event)."""
+"""The vocabulary every part of steward speaks: Status (defined in agent.status, which the
+configuration builds on too, and handed on here), Metric, Result and Check (the event that
+leaves the policy for the actions is agent.events.Event)."""
 
 from __future__ import annotations
 
@@ -7,43 +8,18 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from agent.status import Status, worst
 
 if TYPE_CHECKING:
     from agent.config.schema import CheckOptions
     from agent.env import Env
 
+__all__ = ["UOMS", "Check", "Metric", "Result", "Status", "worst"]
+
 # Units of measure the Nagios plugin guidelines allow in perfdata.
 UOMS = frozenset({"", "s", "ms", "us", "%", "B", "KB", "MB", "GB", "TB", "c"})
-
-
-class Status(IntEnum):
-    """Check outcome, in Nagios order; the value is the plugin exit code."""
-
-    OK = 0
-    WARN = 1
-    CRIT = 2
-    UNKNOWN = 3
-
-    @property
-    def severity(self) -> int:
-        """Rank for "worst": UNKNOWN sits between WARN and CRIT, as Nagios treats it."""
-        return _SEVERITY[self]
-
-    @property
-    def long_name(self) -> str:
-        return _LONG[self]
-
-
-_SEVERITY = {Status.OK: 0, Status.WARN: 1, Status.UNKNOWN: 2, Status.CRIT: 3}
-_LONG = {Status.OK: "OK", Status.WARN: "WARNING", Status.CRIT: "CRITICAL",
-         Status.UNKNOWN: "UNKNOWN"}
-
-
-def worst(statuses: Iterable[Status]) -> Status:
-    """The most severe status (CRIT > UNKNOWN > WARN > OK); OK for nothing at all."""
-    return max(statuses, key=lambda s: s.severity, default=Status.OK)
 
 
 @dataclass(frozen=True)

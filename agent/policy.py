@@ -17,73 +17,13 @@ twice that, and so on: a unit that fails on every start is not hammered.
 from __future__ import annotations
 
 import fnmatch
-import json
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from agent.config import RestartOptions
 from agent.events import Event
+from agent.memory import CheckRecord, Maintenance, Memory, UnitRecord
 from agent.model import Result, Status
-
-
-@dataclass
-class CheckRecord:
-    status: str = "OK"  # confirmed status, after tolerance
-    since: float = 0.0  # when it entered that status (wall clock)
-    summary: str = ""
-    unit: str = ""
-    runs: list[int] = field(default_factory=list)  # recent runs, 1 = not OK, newest last
-    alerted: str = "OK"  # the status the administrator was last told about
-    inhibited_by: str = ""  # the failing dependency, while there is one
-
-
-@dataclass
-class UnitRecord:
-    restarts: list[float] = field(default_factory=list)  # steward's restarts in the window
-    next_at: float = 0.0  # no restart before this (grace and backoff)
-    escalated: str = ""  # why restarting stopped; empty while restarting may help
-    last_action: str = ""
-    streak: int = 0  # restarts in a row that did not hold (the unit never came up OK)
-
-
-@dataclass
-class Memory:
-    """Everything ``steward run`` must not forget across its own restarts."""
-
-    checks: dict[str, CheckRecord] = field(default_factory=dict)
-    units: dict[str, UnitRecord] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def essence(self) -> str:
-        """What must reach the disk: everything but the summaries, which change every run."""
-        d = self.to_dict()
-        for rec in d["checks"].values():
-            rec.pop("summary")
-        return json.dumps(d, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Memory:
-        return cls({k: CheckRecord(**v) for k, v in data.get("checks", {}).items()},
-                   {k: UnitRecord(**v) for k, v in data.get("units", {}).items()})
-
-
-@dataclass
-class Maintenance:
-    """Maintenance mode: the whole machine until ``until``, or some units each until a time."""
-
-    until: float | None = None
-    units: dict[str, float] = field(default_factory=dict)
-
-    def covers(self, unit: str, now: float) -> bool:
-        if self.until is not None and now < self.until:
-            return True
-        return bool(unit) and now < self.units.get(unit, 0.0)
-
-    def active(self, now: float) -> bool:
-        return self.covers("", now) or any(now < t for t in self.units.values())
 
 
 @dataclass(frozen=True)
@@ -121,13 +61,13 @@ class Policy:
             rec.inhibited_by = self._blocker(r)
             if rec.inhibited_by or maintenance.covers(r.unit, now):
                 continue
-            if rec.status != rec.alerted:
-                kind = "recovery" if rec.status == "OK" else "problem"
-                alerts.append(Event(kind, r.check, Status[rec.status], rec.summary, r.details,
+            if rec.status is not rec.alerted:
+                kind = "recovery" if rec.status is Status.OK else "problem"
+                alerts.append(Event(kind, r.check, rec.status, rec.summary, r.details,
                                     r.remedy, rec.since))
                 rec.alerted = rec.status
             if (self.restart.enabled and r.unit and r.restartable and r.unit not in restarts
-                    and r.status is Status.CRIT and rec.status == "CRIT"):
+                    and r.status is Status.CRIT and rec.status is Status.CRIT):
                 decision = self._restart_or_escalate(r, now)
                 if isinstance(decision, Restart):
                     restarts[r.unit] = decision
@@ -142,9 +82,9 @@ class Policy:
         n, m = self.tolerance(r.check)
         rec.runs = ([*rec.runs, int(r.status is not Status.OK)])[-m:]
         if r.status is Status.OK or sum(rec.runs) >= n:
-            if r.status.name != rec.status:
+            if r.status is not rec.status:
                 rec.since = now
-            rec.status, rec.summary = r.status.name, r.summary
+            rec.status, rec.summary = r.status, r.summary
         rec.unit = r.unit
 
     def _held(self, results: list[Result], now: float) -> None:
@@ -158,7 +98,7 @@ class Policy:
 
     def _blocker(self, r: Result) -> str:
         for cid, rec in self.memory.checks.items():
-            if cid != r.check and rec.status != "OK" and any(
+            if cid != r.check and rec.status is not Status.OK and any(
                     fnmatch.fnmatchcase(cid, p) for p in r.depends_on):
                 return cid
         return ""
@@ -205,7 +145,7 @@ class Policy:
     def _clear_recovered(self) -> None:
         for name, unit in self.memory.units.items():
             recs = [r for r in self.memory.checks.values() if r.unit == name]
-            if unit.escalated and recs and all(r.status == "OK" for r in recs):
+            if unit.escalated and recs and all(r.status is Status.OK for r in recs):
                 unit.escalated = ""
 
     def reset(self, unit: str) -> bool:

@@ -155,7 +155,7 @@ def run_checks(checks: Iterable[Check], env: Env) -> list[Result]:
 
 
 def run_all(registry: Registry, env: Env, selector: Selector = Selector()) -> Report:
-    started, t0 = time.time(), time.monotonic()
+    started, t0 = env.clock.now(), time.monotonic()
     planned, early = plan(registry, env, selector)
     results = run_checks((c for _, c in planned), env)
     kept = [r for r in early + results if selector.wants(r.check.split(":", 1)[0], r.check)]

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 from agent.fileio import write_atomic
-from agent.policy import Maintenance, Memory
+from agent.memory import Maintenance, Memory
+from agent.system.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,9 @@ class StateError(Exception):
 
 
 class StateDir:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Clock | None = None) -> None:
         self.path = Path(path)
+        self.clock = clock or Clock()  # dates a broken file kept aside
         self._maint_stamp: tuple[int, int] | None = None
         self._maint = Maintenance()
 
@@ -44,7 +45,7 @@ class StateDir:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
-            bad = self.path / f"{name}.corrupt-{int(time.time())}"
+            bad = self.path / f"{name}.corrupt-{int(self.clock.now())}"
             log.error("%s is unreadable (%s); keeping it as %s and starting afresh",
                       self.path / name, e, bad)
             os.replace(self.path / name, bad)
@@ -58,7 +59,7 @@ class StateDir:
         data = self._read("state.json")
         try:
             return Memory.from_dict(data) if data else Memory()
-        except TypeError as e:  # written by an incompatible version
+        except (TypeError, KeyError, AttributeError) as e:  # an incompatible version's
             log.error("state.json does not fit this version (%s); starting afresh", e)
             return Memory()
 

@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,14 +25,14 @@ from agent.config import Config, ConfigError, load
 from agent.env import Env
 from agent.events import Event
 from agent.model import Check, Result, Status
-from agent.notify import Actions
+from agent.notices import Notices
+from agent.notify import Actions, Outcome
 from agent.policy import Policy, Restart, settle
 from agent.registry import Registry
 from agent.runner import plan, resolve, run_checks
 from agent.sources import Source, SourceContext, guarded
 from agent.sources import load as load_sources
 from agent.state import StateDir
-from agent.system.commands import CommandError
 from agent.system.sdnotify import SdNotify
 
 log = logging.getLogger(__name__)
@@ -67,6 +66,7 @@ class Supervisor:
         self.notify, self.state = notify, state
         self.notifier: Actions | None = None
         self.sd = sd or SdNotify()
+        self.clock = env.clock  # the one source of time (tests drive it)
         self.host = socket.gethostname()
         self._wake = threading.Event()
         self._stop = self._reload = False
@@ -92,8 +92,9 @@ class Supervisor:
         self.notifier = self.notify(env.config)
         self.env = resolve(self.registry, env)
         self.policy = Policy(self.memory, self.env.config.restart, self._tolerance)
+        self.notices = Notices(self.memory, self.env.config.alerts)
         checks, early = plan(self.registry, self.env)
-        now = time.monotonic()
+        now = self.clock.monotonic()
         self.jobs = [_Job(c, now) for _, c in checks]
         self.early = early  # plugins that failed to load: reported every pass
         # Units whose changes run the unit-following checks at once (Check.follows_units).
@@ -121,7 +122,7 @@ class Supervisor:
             self._send([Event("config", "config", Status.WARN,
                               "new config rejected; still running with the previous one",
                               details=str(e), remedy="fix it (steward config check), then "
-                              "systemctl reload steward", since=time.time())])
+                              "systemctl reload steward", since=self.clock.now())])
             return
         self._configure(replace(self.env, config=config))
         self._notifier().start()
@@ -185,9 +186,10 @@ class Supervisor:
         return 0
 
     def _sleep_time(self) -> float:
-        nearest = min((j.next_due for j in self.jobs), default=time.monotonic() + MAX_SLEEP)
+        mono = self.clock.monotonic()
+        nearest = min((j.next_due for j in self.jobs), default=mono + MAX_SLEEP)
         limit = min(MAX_SLEEP, self.sd.watchdog_interval or MAX_SLEEP)
-        return max(0.0, min(nearest - time.monotonic(), limit))
+        return max(0.0, min(nearest - mono, limit))
 
     def _interval(self, check: Check) -> float:
         if check.follows_units and not (self.watcher and self.watcher.connected):
@@ -202,27 +204,28 @@ class Supervisor:
                         "cleared" if known else "were already clear")
             if known:  # the unit may be down now: judged in this pass, not at the next interval
                 for j in self.jobs:
-                    j.next_due = min(j.next_due, time.monotonic())
-        mono = time.monotonic()
+                    j.next_due = min(j.next_due, self.clock.monotonic())
+        mono = self.clock.monotonic()
         with self._lock:
             urgent, self._urgent = self._urgent, set()
         due = [j for j in self.jobs if j.next_due <= mono or j.check.name in urgent]
         results = run_checks([j.check for j in due], self.env) if due else []
-        after = time.monotonic()
+        after = self.clock.monotonic()
         for j in due:
             j.rechecks = [t for t in j.rechecks if t > after]
             j.next_due = min([after + self._interval(j.check), *j.rechecks])
         results = self._follow(results)
         results += self.early if due else []
         results += self._notifier().results()  # an action that failed, hangs or is missing
-        now = time.time()  # after the checks, which may take up to their timeouts
+        now = self.clock.now()  # after the checks, which may take up to their timeouts
         self.results.update((r.check, r) for r in results)
-        alerts, restarts = self.policy.evaluate(results, now, self.state.maintenance())
+        events, restarts = self.policy.evaluate(results, now, self.state.maintenance())
         for rs in restarts:
-            alerts += self._restart(rs, now)
+            events += self._restart(rs, now)
         for source in self.sources:
-            alerts += guarded(source, "tick", functools.partial(source.tick, now))
-        self._send(alerts)
+            events += guarded(source, "tick", functools.partial(source.tick, now))
+        self._send(events, now)
+        self._tell(self.notices.later(now, self.memory.checks))
         # a copy: the actions read it in their threads while the next pass changes it
         self._notifier().tick(now, {k: replace(v) for k, v in self.memory.checks.items()})
         self._notifier().drain()  # the events are the actions' (a mail on disk) before the
@@ -247,36 +250,38 @@ class Supervisor:
                 not following(r) else r for r in results]
 
     def _restart(self, rs: Restart, now: float) -> list[Event]:
-        systemd = self.env.systemd
+        """The restart action (steward.actions ``restart``) carries the decision out."""
+        remedy = self._notifier().remedies.get("restart")
+        if remedy is None:  # reported as the UNKNOWN result action:restart
+            return []
         try:
-            [st] = systemd.show([rs.unit])
-            if st.active_state == "activating" and st.sub_state == "auto-restart":
-                log.info("%s: systemd is restarting it already; leaving it to systemd", rs.unit)
-                return []
-            if st.start_limit_hit:
-                # systemd gave up after its own restarts; say so, then try once more ourselves.
-                action = systemd.reset_failed(rs.unit) + " (start limit hit) && " + \
-                    systemd.start(rs.unit)
-            else:
-                action = systemd.restart(rs.unit)
-            error = ""
-        except CommandError as e:
-            action, error = f"restart {rs.unit}", str(e)
-        log.warning("%s: %s%s", rs.unit, action, f" failed: {error}" if error else "")
-        mono, opts = time.monotonic(), self.env.config.restart
+            done = remedy.carry_out(rs, self.env)
+        except Exception as e:  # a broken action must not stop supervision
+            log.exception("action restart failed")
+            done = Outcome(f"restart {rs.unit}", error=f"{type(e).__name__}: {e}")
+        if done.declined:
+            log.info("%s: %s", rs.unit, done.declined)
+            return []
+        log.warning("%s: %s%s", rs.unit, done.action,
+                    f" failed: {done.error}" if done.error else "")
+        mono, opts = self.clock.monotonic(), self.env.config.restart
         for j in self.jobs:  # judge the unit again once it has settled and when grace ends
             if j.check.follows_units or j.check.id == rs.check:
                 j.rechecks += [mono + settle(opts) + 0.05, mono + opts.grace]
                 j.next_due = min(j.next_due, *j.rechecks)
-        return self.policy.restarted(rs, now, error, action)
+        return self.policy.restarted(rs, now, done.error, done.action)
 
     def _notifier(self) -> Actions:
         assert self.notifier is not None  # set by _configure in __init__
         return self.notifier
 
-    def _send(self, alerts: list[Event]) -> None:
-        for a in alerts:  # each action takes them in its own thread (agent.notify)
-            self._notifier().send(a, self.host)
+    def _send(self, events: list[Event], now: float | None = None) -> None:
+        """What the policy and the sources announce, as far as the notices policy tells it."""
+        self._tell(self.notices.decide(events, self.clock.now() if now is None else now))
+
+    def _tell(self, events: list[Event]) -> None:
+        for e in events:  # each action takes them in its own thread (agent.notify)
+            self._notifier().send(e, self.host)
 
     def _persist(self) -> None:
         essence = self.memory.essence()
@@ -290,13 +295,13 @@ class Supervisor:
             self._status_text, self._last_checks = text, status["checks"]
 
     def status(self) -> dict[str, Any]:
-        now = time.time()
+        now = self.clock.now()
         maint = self.state.maintenance()
         checks = {}
         for cid, rec in sorted(self.memory.checks.items()):
             if cid not in self.results:
                 continue  # no longer configured
-            checks[cid] = {"status": rec.status, "since": rec.since, "summary": rec.summary,
+            checks[cid] = {"status": rec.status.name, "since": rec.since, "summary": rec.summary,
                            "remedy": self.results[cid].remedy, "unit": rec.unit,
                            "inhibited_by": rec.inhibited_by,
                            "maintenance": maint.covers(rec.unit, now)}

@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import gc
 import glob
-import heapq
 import json
 import os
 import shutil
@@ -17,54 +16,31 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from agent.system.clock import Clock
 from backup import hooks, index, layout, snapshot
 from backup.archive import (
     ArchiveError,
-    Pipeline,
-    create_file,
     hash_file,
-    read_back,
     target_error,
 )
-from backup.changed import changed
 from backup.mounts import Filesystem, SourceLayout, read_mounts, source_layout
 from backup.options import BackupOptions
 from backup.plan import Cutter, Segment
 from backup.progress import Progress, human
 from backup.store import Generation, Store, StoreError
 from backup.walk import Excludes, Walked, walk
+from backup.writer import Plan, Writer
 
 MARGIN = 16 << 20  # free space kept beyond the estimate
+CLOCK = Clock()  # the generation's times (its id, created, finished); tests replace it
 
 
 class BackupError(Exception):
     """The backup failed; nothing was committed. The message says why."""
-
-
-@dataclass
-class Plan:
-    """What is being archived; segments are added while the walk goes on."""
-
-    filesystems: list[Filesystem]
-    walked: list[Walked] = field(default_factory=list)
-    segments: list[Segment] = field(default_factory=list)
-    reused: dict[int, tuple[Generation, dict[str, Any]]] = field(default_factory=dict)
-
-    @property
-    def entries(self) -> int:
-        return sum(len(s.members) for s in self.segments)
-
-    def totals(self) -> tuple[int, int]:
-        """Bytes and entries planned so far (for progress)."""
-        segs = list(self.segments)
-        return sum(s.size for s in segs), sum(len(s.members) for s in segs)
-
-    def new(self) -> list[int]:
-        return [i for i in range(len(self.segments)) if i not in self.reused]
 
 
 def _utc(t: float) -> str:
@@ -139,168 +115,6 @@ def known_segments(store: Store) -> dict[str, tuple[Generation, dict[str, Any]]]
     return known
 
 
-class Writer:
-    """Writes segments into ``partial`` as the walk hands them over, the longest waiting one
-    first, ``jobs`` compressing at a time; a segment already in a verified generation is
-    linked.
-
-    One worker more than ``jobs`` runs: while an archive is fsynced and read back (device
-    time) another is compressed. A compression slot is held for tar | zstd only, so there are
-    never more compressors than ``jobs``: a third zstd time-sliced on two CPUs costs ~20 %
-    more CPU time per byte (caches refilled at every switch)."""
-
-    def __init__(self, plan: Plan, partial: Path, level: int, jobs: int,
-                 known: dict[str, tuple[Generation, dict[str, Any]]]) -> None:
-        self.plan, self.partial, self.level, self.jobs = plan, partial, level, jobs
-        self.known = known
-        self._slots = threading.BoundedSemaphore(jobs)
-        self.done_bytes = self.done_files = 0
-        self.running: dict[int, Pipeline] = {}
-        self.results: dict[int, dict[str, Any]] = {}
-        self.keys: dict[int, str] = {}  # each final segment's key, taken once
-        self.warnings: list[str] = []
-        self.changed: list[tuple[str, str]] = []  # (path from the source root, how)
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._queue: list[tuple[int, int]] = []  # heap of (-cost, index)
-        self._closed = False
-        self._error: BaseException | None = None
-        self._threads: list[threading.Thread] = []
-
-    def sample(self) -> tuple[int, int]:
-        with self._lock:
-            done_b, done_f = self.done_bytes, self.done_files
-            for i, p in list(self.running.items()):
-                seg = self.plan.segments[i]
-                part = min(p.read_bytes(), seg.size)
-                done_b += part
-                done_f += len(seg.members) * part // seg.size if seg.size else 0
-        return done_b, done_f
-
-    def start(self) -> None:
-        (self.partial / "segments").mkdir()
-        self._threads = [threading.Thread(target=self._work, name=f"segment-{n}", daemon=True)
-                         for n in range(self.jobs + 1)]
-        for t in self._threads:
-            t.start()
-
-    def add(self, i: int) -> None:
-        """Segment ``i`` is final: link it from an earlier generation or queue it."""
-        seg = self.plan.segments[i]
-        key = self.keys[i] = seg.key()
-        hit = self.known.get(key)
-        with self._wake:
-            if self._error is not None:
-                raise self._error  # stops the walk: the backup has failed
-            if hit is None:
-                heapq.heappush(self._queue, (-seg.cost(), i))
-                self._wake.notify()
-                return
-        self.plan.reused[i] = hit
-        self._link(i)
-
-    def pending_bytes(self) -> int:
-        """Raw bytes (plus per-entry overhead) of the segments not written yet."""
-        with self._lock:
-            todo = [i for _, i in self._queue] + list(self.running)
-        return sum(self.plan.segments[i].size + 1024 * len(self.plan.segments[i].members)
-                   for i in todo)
-
-    def finish(self) -> None:
-        """No more segments: wait for the last ones; the first failure is raised."""
-        with self._wake:
-            self._closed = True
-            self._wake.notify_all()
-        for t in self._threads:
-            t.join()
-        if self._error is not None:
-            raise self._error
-
-    def abort(self) -> None:
-        with self._wake:
-            if self._error is None:
-                self._error = ArchiveError("cancelled")
-            self._fail()
-        for t in self._threads:
-            t.join()
-
-    def _fail(self) -> None:  # holding the lock
-        self._queue.clear()
-        for p in self.running.values():
-            p.cancel()
-        self._wake.notify_all()
-
-    def _work(self) -> None:
-        while True:
-            with self._wake:
-                while not self._queue and not self._closed and self._error is None:
-                    self._wake.wait()
-                if self._error is not None or not self._queue:
-                    return
-                _, i = heapq.heappop(self._queue)
-            try:
-                self._one(i)
-            except BaseException as e:  # handed to the walking thread
-                with self._wake:
-                    if self._error is None:
-                        self._error = e
-                    self._fail()
-                return
-
-    def _one(self, i: int) -> None:
-        seg = self.plan.segments[i]
-        fs = self.plan.filesystems[seg.fs]
-        name = f"{i:04d}"
-        path = str(self.partial / "segments" / f"{name}.tar.zst")
-        # Several archives at once: one zstd thread each (zstd's own threads cost ~8 % more CPU).
-        pipe = Pipeline(fs.read_root, [e.name for e in seg.members], path, self.level,
-                        1 if self.jobs > 1 else 0)
-        with self._lock:
-            if self._error is not None:
-                return
-            self.running[i] = pipe
-        fd = -1
-        try:
-            fd = create_file(path)
-            with self._slots:
-                warnings = pipe.run(fd)
-            moved = changed(fs.read_root, seg.members, warnings)
-            sha256, stored = read_back(path, fd)
-            try:
-                index.write(str(self.partial / "segments" / f"{name}.idx.gz"),
-                            os.fsencode(fs.prefix), seg, os.fsencode(fs.read_root))
-            except OSError as e:
-                raise target_error(path, e) from None
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            with self._lock:
-                self.running.pop(i, None)
-        with self._lock:
-            self.done_bytes += seg.size
-            self.done_files += len(seg.members)
-            self.warnings.extend(f"{fs.prefix or '/'}: {w}" for w in warnings)
-            prefix = os.fsencode(fs.prefix)
-            self.changed.extend((index.logical(prefix, n), how) for n, how in moved)
-            self.results[i] = {"sha256": sha256, "stored": stored, "reused": None}
-
-    def _link(self, i: int) -> None:
-        gen, old = self.plan.reused[i]
-        new = self.partial / "segments"
-        for ext in (".tar.zst", ".idx.gz"):
-            src = gen.path / "segments" / f"{old['name']}{ext}"
-            try:
-                os.link(src, new / f"{i:04d}{ext}")
-            except OSError as e:
-                raise target_error(str(src), e) from None
-        seg = self.plan.segments[i]
-        with self._lock:
-            self.done_bytes += seg.size
-            self.done_files += len(seg.members)
-            self.results[i] = {"sha256": old["sha256"], "stored": old["stored"],
-                               "reused": gen.id}
-
-
 def _ratio(store: Store) -> float:
     """Stored / raw bytes of the last generation (1 without one): what new data will take."""
     gens = store.generations()
@@ -364,7 +178,7 @@ def _collector_paused() -> Iterator[None]:
 def _create_locked(source: str, store: Store, opts: BackupOptions, *, stream: TextIO,
                    say: Callable[[str], None], jobs: int | None,
                    removed: list[str]) -> Outcome:
-    t0 = time.time()
+    t0 = CLOCK.now()
     captured: dict[str, Any] = {}
     capture = threading.Thread(target=lambda: captured.update(layout.capture()), daemon=True)
     capture.start()  # its commands run while the tree is walked
@@ -429,7 +243,7 @@ def _manifest(gen_id: str, source: str, opts: BackupOptions, plan: Plan, *, writ
         segs.append({"name": f"{i:04d}", "fs": seg.fs, "kind": seg.kind, "key": writer.keys[i],
                      "entries": len(seg.members), "bytes": seg.size, **r})
     stored = sum(s["stored"] for s in segs)
-    now = time.time()
+    now = CLOCK.now()
     return {
         "format": 1, "id": gen_id, "created": _utc(t0), "finished": _utc(now),
         "seconds": round(now - t0, 3), "host": socket.gethostname(), "source": source,

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
+from agent.system.clock import Clock
 from agent.system.commands import CommandError, CommandNotFound, CommandRunner, Completed
 
 log = logging.getLogger(__name__)
@@ -315,8 +316,9 @@ def _bootloader(runner: CommandRunner, timeout: float, root: str,
 
 
 def capture(runner: CommandRunner | None = None, timeout: float = 30.0,
-            root: str = "/") -> dict[str, Any]:
-    """The storage and boot layout of this machine; never raises for a missing tool."""
+            root: str = "/", clock: Clock | None = None) -> dict[str, Any]:
+    """The storage and boot layout of this machine, dated by ``clock``; never raises for a
+    missing tool."""
     run = runner or CommandRunner()
     boot_mode = "uefi" if os.path.isdir(_path(root, "/sys/firmware/efi")) else "bios"
     os_release = "/etc/os-release"
@@ -329,7 +331,8 @@ def capture(runner: CommandRunner | None = None, timeout: float = 30.0,
         disks = {"error": f"no block device list: {block['error']}"}
     return {
         "format": FORMAT,
-        "captured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "captured": datetime.fromtimestamp((clock or Clock()).now(), timezone.utc).isoformat(
+            timespec="seconds"),
         "hostname": socket.gethostname(),
         "kernel": os.uname().release,
         "os_release": _guard(lambda: parse_os_release(_read(root, os_release))),

@@ -26,6 +26,8 @@ class BackupOptions:
     target: str | None = option(None, PATH,
                                 "folder holding the generations, e.g. the USB drive's data "
                                 "partition (--target overrides)")
+    source: str = option("/", PATH, "the tree backed up: / is the whole system (every local "
+                         "filesystem below it); --source overrides")
     keep: int = option(7, number(1, 1000, integer=True), "verified generations kept; older "
                        "ones are deleted after a new one is committed")
     exclude: tuple[str, ...] = option(DEFAULT_EXCLUDES, GLOBS,

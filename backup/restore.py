@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.system.clock import Clock
 from backup import archive, index, jail
 from backup.archive import ArchiveError
 from backup.store import Generation, StoreError
@@ -86,11 +87,13 @@ def _holds(gen: Generation, seg: dict[str, Any]) -> str:
     return f"{len(paths)} entries, {paths[0]} … {paths[-1]}"
 
 
-def verify(gen: Generation, live: str | None = None, *, archives: bool = True) -> VerifyReport:
+def verify(gen: Generation, live: str | None = None, clock: Clock | None = None, *,
+           archives: bool = True) -> VerifyReport:
     """Re-read every file of the generation against SHA256SUMS and the manifest; with ``live``
-    (the source root) also compare the archives with the live files (tar --compare). Without
-    ``archives`` the segments' archives are only found to be there with the size the backup
-    stored (their sha256 is then checked as they are extracted) and nothing is recorded."""
+    (the source root) also compare the archives with the live files (tar --compare). The
+    verification is recorded in the generation, dated by ``clock``. Without ``archives`` the
+    segments' archives are only found to be there with the size the backup stored (their
+    sha256 is then checked as they are extracted) and nothing is recorded."""
     report = VerifyReport(gen.id)
     manifest = gen.manifest()
     sums = _sums(gen)
@@ -137,8 +140,9 @@ def verify(gen: Generation, live: str | None = None, *, archives: bool = True) -
                     report.differences.append(prefix + text)
     if not archives:
         return report
+    at = (clock or Clock()).now()
     gen.record_verify({"ok": report.ok, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                            time.gmtime()),
+                                                            time.gmtime(at)),
                        "checked": report.checked, "bytes": report.bytes,
                        "problems": report.problems})
     return report

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.fileio import Locked, flocked, fsync_dir, write_atomic
+from agent.fileio import Locked, flocked, fsync_dir, read_json, write_atomic
 
 GEN_ID = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 
@@ -39,7 +39,7 @@ class Generation:
 
     def manifest(self) -> dict[str, Any]:
         try:
-            data = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
+            data = read_json(self.path / "manifest.json")
         except (OSError, ValueError) as e:
             raise StoreError(f"generation {self.id}: manifest.json unreadable: {e}") from None
         if not isinstance(data, dict) or data.get("format") != 1:
@@ -49,7 +49,7 @@ class Generation:
     def verify_record(self) -> dict[str, Any] | None:
         """The result of the last ``steward backup verify``, if any."""
         try:
-            data = json.loads((self.path / "verify.json").read_text(encoding="utf-8"))
+            data = read_json(self.path / "verify.json")
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None

@@ -270,7 +270,7 @@ class DmarcReportCheck(Check):
                                 remedy="redirect its output to a log file in the cron line "
                                 "(>> /var/log/dmarc_report.log 2>&1) or set sender_evidence "
                                 "in [checks.dmarcreports]")]
-        age = evidence_age(env.sysroot, evidence)
+        age = evidence_age(env.sysroot, evidence, env.clock.now())
         details = f"{where}\nevidence: {evidence}"
         if age is None:
             return [self.result(Status.WARN, f"{what} never ran: no {evidence}", "sender",

@@ -6,7 +6,6 @@ or ``sender_evidence`` from the config — and its age."""
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +56,11 @@ def find_schedule(sysroot: Path) -> Schedule | None:
     return None
 
 
-def evidence_age(sysroot: Path, path: str, now: float | None = None) -> float | None:
-    """Seconds since ``path`` (inside sysroot) was last written; None if it does not exist."""
+def evidence_age(sysroot: Path, path: str, now: float) -> float | None:
+    """Seconds from the last write of ``path`` (inside sysroot) to ``now``; None if it does not
+    exist."""
     try:
         mtime = (sysroot / path.lstrip("/")).stat().st_mtime
     except OSError:
         return None
-    return max(0.0, (time.time() if now is None else now) - mtime)
+    return max(0.0, now - mtime)

@@ -121,11 +121,12 @@ class HttpCheck(Check):
         links = self.options.units or {}
         unit = links.get(self.target, self.options.unit if is_local(parts.hostname or "")
                          else "")
-        result = self.probe()
+        result = self.probe(env.clock.now())
         return [dataclasses.replace(result, unit=unit, depends_on=(f"service:{unit}",))
                 if unit else result]
 
-    def probe(self) -> Result:
+    def probe(self, now: float) -> Result:
+        """``now``: the wall clock time the certificate's days left are counted from."""
         o = self.options
         parts = urlsplit(self.target)
         host = parts.hostname or ""
@@ -136,7 +137,7 @@ class HttpCheck(Check):
         if parts.scheme == "https":
             found, cert_metrics, info = probe_certificate(
                 host, parts.port or 443, server_name=host, ca_file=o.ca_file,
-                timeout=o.request_timeout, warn=o.expiry_warn, crit=o.expiry_crit)
+                timeout=o.request_timeout, warn=o.expiry_warn, crit=o.expiry_crit, now=now)
             findings += found
             metrics += cert_metrics
             if info is not None:

@@ -14,12 +14,10 @@ import json
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from agent.model import Result, Status
-
-if TYPE_CHECKING:
-    from checks.certrenew import CertRenewCheck
+from agent.model import Check, Result, Status
+from checks.certbase import CertRenewOptions, served_result, x509_dates
 
 MAX_CONF_FILES = 200
 MAX_CONF = 512 * 1024
@@ -98,7 +96,9 @@ def find_store(settings: dict[str, str], sysroot: Path) -> Path | None:
     return None
 
 
-def md_results(check: CertRenewCheck, httpd_conf: Path, sysroot: Path) -> list[Result]:
+def md_results(check: Check, o: CertRenewOptions, httpd_conf: Path, sysroot: Path,
+               now: float) -> list[Result]:
+    """The results of every managed domain, under ``check``'s name, judged at ``now``."""
     try:
         mds, settings = read_httpd_conf(httpd_conf, sysroot)
     except OSError as e:
@@ -109,7 +109,7 @@ def md_results(check: CertRenewCheck, httpd_conf: Path, sysroot: Path) -> list[R
     store = find_store(settings, sysroot)
     out = []
     for name, domains in sorted(mds.items())[:50]:
-        out += _merged(_one(check, name, domains, store, settings))
+        out += _merged(_one(check, o, name, domains, store, settings=settings, now=now))
     return out
 
 
@@ -127,9 +127,8 @@ def _merged(results: list[Result]) -> list[Result]:
     return out
 
 
-def _one(check: CertRenewCheck, name: str, domains: list[str], store: Path | None,
-         settings: dict[str, str]) -> list[Result]:
-    o = check.options
+def _one(check: Check, o: CertRenewOptions, name: str, domains: list[str],
+         store: Path | None, *, settings: dict[str, str], now: float) -> list[Result]:
     target = f"md:{name}"
     agreement = settings.get("mdcertificateagreement", "")
     md = _json(store / "domains" / name / "md.json") if store else None
@@ -185,7 +184,7 @@ def _one(check: CertRenewCheck, name: str, domains: list[str], store: Path | Non
                    if nxt else "")))
         elif job.get("finished") is True:
             since = ran or (store / "staging" / name / "job.json").stat().st_mtime
-            hours = (time.time() - since) / 3600
+            hours = (now - since) / 3600
             if hours > o.md_activate_hours:
                 out.append(check.result(
                     Status.WARN, f"mod_md domain {name}: a renewed certificate has waited "
@@ -202,7 +201,7 @@ def _one(check: CertRenewCheck, name: str, domains: list[str], store: Path | Non
                                 "succeeded"))
         return out
     start, end, fp = x509
-    days = (end - time.time()) / 86400
+    days = (end - now) / 86400
     details.append(f"{cert}: {days:.0f} days left, SHA-256 {fp[:23]}...")
     if days < o.renew_warn_days:
         out.append(check.result(Status.CRIT if days < o.renew_crit_days else Status.WARN,
@@ -216,16 +215,15 @@ def _one(check: CertRenewCheck, name: str, domains: list[str], store: Path | Non
                                 f"{days:.0f} more days", target=target,
                                 details="\n".join(details)))
     for endpoint in (o.served or {}).get(name, ())[:16]:
-        out.append(check._served(name, endpoint, start, fp, target=f"md:{name}:{endpoint}"))
+        out.append(served_result(check, o, name, endpoint, disk_start=start, disk_fp=fp,
+                                 now=now, target=f"md:{name}:{endpoint}"))
     return out
 
 
 def _x509_of(cert: Path, timeout: float) -> tuple[float, float, str] | None:
-    from checks.x509 import x509_dates as _x509
-
     try:
         with cert.open("rb") as f:
             pem = f.read(65536).decode(errors="replace")
-        return _x509(pem, timeout)
+        return x509_dates(pem, timeout)
     except (OSError, ValueError, subprocess.SubprocessError):
         return None

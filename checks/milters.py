@@ -18,6 +18,7 @@ from typing import Any
 
 from agent.config.schema import TEXT, CheckOptions, number, option
 from agent.env import Env
+from agent.fileio import read_exactly
 from agent.model import Check, Result, Status
 from agent.system.commands import CommandError
 
@@ -106,12 +107,9 @@ def optneg(spec: str, queue_dir: Path, timeout: float) -> tuple[int, int, int]:
 
 
 def _read(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ValueError("the milter closed the connection during negotiation")
-        data += chunk
+    data = read_exactly(sock.recv, n)
+    if len(data) < n:
+        raise ValueError("the milter closed the connection during negotiation")
     return data
 
 

@@ -195,7 +195,7 @@ class ProbeCheck(Check):
 
     def run(self, env: Env) -> Iterable[Result]:
         host, port = split_target(self.target)
-        result = self.probe(host, port)
+        result = self.probe(host, port, env.clock.now())
         unit = self.linked_unit(host)
         if not unit:
             return [result]
@@ -219,7 +219,8 @@ class ProbeCheck(Check):
                                        details=f"{result.details}\n{why}".strip("\n"))
         return dataclasses.replace(result, details=f"{result.details}\n{why}".strip("\n"))
 
-    def probe(self, host: str, port: int) -> Result:
+    def probe(self, host: str, port: int, now: float) -> Result:
+        """``now``: the wall clock time the certificate's days left are counted from."""
         o = self.options
         mode = self.mode(port)
         t = Transcript()
@@ -236,7 +237,7 @@ class ProbeCheck(Check):
                                remedy=f"is the service listening? ss -ltnp 'sport = :{port}'")
         conv = Conversation(sock)
         try:
-            self.dialogue(conv, t, mode, port, name=o.tls_hostname or host, t0=t0)
+            self.dialogue(conv, t, mode, port, name=o.tls_hostname or host, t0=t0, now=now)
         except socket.timeout:
             t.findings.append(Finding(
                 Status.CRIT, f"no answer within {o.connect_timeout:g} s during {t.stage}",
@@ -251,18 +252,15 @@ class ProbeCheck(Check):
         return self.judged(t, mode)
 
     def dialogue(self, conv: Conversation, t: Transcript, mode: str, port: int, *, name: str,
-                 t0: float) -> None:
+                 t0: float, now: float) -> None:
         """Speak the protocol up to the goodbye, noting findings in ``t``; a finding that
         ends the dialogue early (no TLS to be had) returns."""
         o = self.options
         ctx = context(o.ca_file)
         if mode in self.implicit_ports.values():
             t.stage = "the TLS handshake"
-            failed = conv.start_tls(ctx, name)
-            if failed:
-                t.findings.append(failed)
+            if not self._tls(conv, t, ctx, name, "implicit TLS"):
                 return
-            t.notes.append(f"implicit TLS ({conv.tls_version()})")
         t.stage = "the greeting"
         self.greet(conv, t, t0)
         t.stage = "the capabilities"
@@ -273,21 +271,30 @@ class ProbeCheck(Check):
                 return
             t.stage = "STARTTLS"
             self.request_tls(conv)
-            failed = conv.start_tls(ctx, name)
-            if failed:
-                t.findings.append(failed)
+            if not self._tls(conv, t, ctx, name, "STARTTLS negotiated"):
                 return
-            t.notes.append(f"STARTTLS negotiated ({conv.tls_version()})")
             t.stage = "the capabilities after STARTTLS"
             self.capabilities(conv, t, "after")
         if isinstance(conv.sock, ssl.SSLSocket):
             info = cert_info(conv.sock)
             t.cert = info.describe()
-            findings, metric = judge_cert(info, name, o.expiry_warn, o.expiry_crit)
+            findings, metric = judge_cert(info, name, o.expiry_warn, o.expiry_crit, now=now)
             t.findings.extend(findings)
             t.metrics.append(metric)
         t.stage = "the goodbye"
         self.goodbye(conv)
+
+    @staticmethod
+    def _tls(conv: Conversation, t: Transcript, ctx: ssl.SSLContext, name: str, how: str
+             ) -> bool:
+        """TLS on ``conv``, verified for ``name``: noted (``how`` and the version), or its
+        failure a finding (False: the dialogue ends)."""
+        failed = conv.start_tls(ctx, name)
+        if failed:
+            t.findings.append(failed)
+            return False
+        t.notes.append(f"{how} ({conv.tls_version()})")
+        return True
 
     def judged(self, t: Transcript, mode: str) -> Result:
         status, summary, remedy = summarize(

@@ -127,11 +127,19 @@ def rspamd_results(check: Check, confdir: Path, timeout: float) -> list[Result]:
     values, src = _setting(confdir, "worker-controller.inc", ("bind_socket",))
     for where in _endpoints(values or [DEFAULT_CONTROLLER], 11334):
         setting = f"bind_socket = {where} ({src or 'rspamd default'})"
+        down = False
         try:
             why = http_ping(where, timeout)
         except (OSError, ValueError) as e:
             why = getattr(e, "strerror", None) or str(e) or type(e).__name__
-        if why:
+            down = isinstance(e, OSError)  # nothing listens (or answers): rspamd is down
+        if why and down:
+            out.append(check.result(Status.CRIT, f"rspamd controller {where} does not "
+                                    f"answer: {why}: rspamd is not running"[:300],
+                                    f"rspamd:controller:{where}", details=setting,
+                                    remedy="systemctl start rspamd; journalctl -u rspamd "
+                                    "says why it stopped"))
+        elif why:
             out.append(check.result(Status.WARN, f"rspamd controller {where} does not "
                                     f"answer /ping: {why}"[:300], f"rspamd:controller:{where}",
                                     details=setting, remedy="systemctl status rspamd; "

@@ -44,8 +44,8 @@ class CertInfo:
     protocol: str  # negotiated TLS version
     cipher: str
 
-    def days_left(self, now: float | None = None) -> float:
-        return (self.not_after - (time.time() if now is None else now)) / DAY
+    def days_left(self, now: float) -> float:
+        return (self.not_after - now) / DAY
 
     def describe(self) -> str:
         expiry = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.not_after))
@@ -128,9 +128,10 @@ def restartable(findings: list[Finding]) -> bool:
 
 
 def judge_cert(info: CertInfo, host: str, warn: Range | None = EXPIRY_WARN,
-               crit: Range | None = EXPIRY_CRIT, now: float | None = None,
+               crit: Range | None = EXPIRY_CRIT, *, now: float,
                ) -> tuple[list[Finding], Metric]:
-    """Findings about a verified certificate for ``host``: name and remaining days."""
+    """Findings about a verified certificate for ``host``: name and the days it has left
+    at ``now``."""
     findings: list[Finding] = []
     if not name_matches(info, host):
         findings.append(Finding(
@@ -177,7 +178,7 @@ def _is_ip(name: str) -> bool:
 
 def probe_certificate(host: str, port: int, *, server_name: str, ca_file: str | None,
                       timeout: float, warn: Range | None = EXPIRY_WARN,
-                      crit: Range | None = EXPIRY_CRIT,
+                      crit: Range | None = EXPIRY_CRIT, now: float,
                       ) -> tuple[list[Finding], list[Metric], CertInfo | None]:
     """Implicit-TLS certificate inspection on its own socket (what HTTPS needs, as requests
     does not expose the peer certificate)."""
@@ -193,7 +194,7 @@ def probe_certificate(host: str, port: int, *, server_name: str, ca_file: str | 
             return [failed], [], None
         with tls:
             info = cert_info(tls)
-    findings, metric = judge_cert(info, server_name, warn, crit)
+    findings, metric = judge_cert(info, server_name, warn, crit, now=now)
     return findings, [metric], info
 
 

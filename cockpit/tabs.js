@@ -90,14 +90,28 @@ const MailDomain = {
     },
 };
 
+const FOLLOW_MS = 1000;  // how often a running backup's progress is read
+const FOLLOW_QUIET_S = 60;  // a started backup silent that long (no progress, no report) is lost
+
 const Backups = {
+    usbPresent: false,
+    timer: null,
+    waiting: null,  // a backup this page started, until its report appears
+    reading: false,
     load() {
         stewardJSON(withConfig(["usb", "list"])).then(doc => {
             const drives = (doc.disks || []).filter(d => d.steward);
+            this.usbPresent = drives.length > 0;
             note("usb", drives.length
-                ? cockpit.format(_("The steward USB drive is present: $0"), drives.map(d => d.device).join(", "))
+                ? cockpit.format(_("The steward USB drive is present: $0"), drives.map(d => d.path).join(", "))
                 : _("No steward USB drive is plugged in."));
         }, err => note("usb", err.message));
+        if (!this.timer)  // (a running backup's progress is being read already)
+            fillTable("backup-report", [], _("Reading the last report…"));
+        this.last();
+        return this.generations();
+    },
+    generations() {
         return stewardJSON(withConfig(["backup", "list"])).then(doc => {
             fillTable("generations", (doc.generations || []).map(g => [g.id,
                 g.created ? age(g.created) : "-", human(g.bytes),
@@ -105,19 +119,65 @@ const Backups = {
                       _("No backup generation on the target."));
         }, err => fillTable("generations", [], err.message));
     },
+    /* steward backup last: the report, and the progress while a backup runs (whoever started
+     * it: this page, the daemon on a drive's insertion or its schedule, a shell). */
+    last() {
+        if (this.reading)  // the previous read is still on its way (a loaded machine)
+            return Promise.resolve();
+        this.reading = true;
+        return stewardJSON(withConfig(["backup", "last"])).then(doc => {
+            BackupReport.progress(doc.progress);
+            BackupReport.show(doc.report);
+            const finished = doc.report ? doc.report.finished : null;
+            if (this.waiting) {
+                const w = this.waiting;
+                if (doc.progress)
+                    w.at = Date.now() / 1000;  // the quiet time counts from the last progress
+                if (!doc.progress && finished !== w.before) {
+                    this.waiting = null;
+                    note("backup-state", doc.report.ok ? _("Backup finished.") : _("The backup did not go well: see its report below."));
+                    this.generations();
+                } else if (!doc.progress && Date.now() / 1000 - w.at > FOLLOW_QUIET_S) {
+                    this.waiting = null;
+                    note("backup-state", cockpit.format(_("The backup shows no progress and no report: see journalctl -u $0"), w.unit));
+                }
+            }
+            const running = !!doc.progress || !!this.waiting;
+            document.getElementById("backup-now").disabled = running;
+            if (running && !this.timer)
+                this.timer = window.setInterval(() => this.last(), FOLLOW_MS);
+            else if (!running && this.timer) {
+                window.clearInterval(this.timer);
+                this.timer = null;
+            }
+        }, err => {
+            BackupReport.progress(null);
+            fillTable("backup-report", [], err.message);
+        }).then(() => { this.reading = false });
+    },
     now() {
-        const out = document.getElementById("backup-progress");
-        out.hidden = false;
-        out.textContent = "";
-        document.getElementById("backup-now").disabled = true;
-        note("backup-state", _("Backing up…"));
-        steward(withConfig(["backup", "create", "--usb"]), { stream: data => { out.textContent += data } })
-            .then(r => note("backup-state", r.code === 0 ? _("Backup finished.") : cockpit.format(_("Backup ended with exit code $0."), r.code)),
-                  err => showError("backup-state", err))
-            .then(() => {
-                document.getElementById("backup-now").disabled = false;
-                this.load();
+        const button = document.getElementById("backup-now");
+        button.disabled = true;
+        note("backup-state", _("Starting the backup…"));
+        // The report before this backup, to know when its own has come (a report file that
+        // does not parse is said on the tab and does not keep a backup from starting).
+        stewardJSON(withConfig(["backup", "last"])).catch(() => ({ report: null })).then(before => {
+            const args = ["backup", "start"].concat(this.usbPresent ? ["--usb"] : []);
+            return stewardJSON(withConfig(args)).then(doc => {
+                if (!doc.started) {
+                    note("backup-state", doc.message);
+                    button.disabled = false;
+                    return;
+                }
+                note("backup-state", cockpit.format(_("Backup started as $0; it goes on if this page is closed."), doc.unit));
+                this.waiting = { before: before.report ? before.report.finished : null, unit: doc.unit,
+                                 at: Date.now() / 1000 };
+                this.last();
             });
+        }).catch(err => {
+            showError("backup-state", err);
+            button.disabled = false;
+        });
     },
 };
 
@@ -132,6 +192,9 @@ const Patching = {
             ? cockpit.format(_("Last window: $0, $1$2"), when(last.window), last.outcome,
                              last.detail ? " (" + last.detail + ")" : "")
             : _("No patch window has run yet."));
+        fillTable("patch-report", [], _("Reading the last report…"));
+        stewardJSON(withConfig(["patch", "last"])).then(doc => PatchReport.show(doc),
+                                                         err => fillTable("patch-report", [], err.message));
         return this.check();
     },
     check() {

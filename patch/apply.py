@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent.env import Env
-from agent.policy import Maintenance
+from agent.memory import Maintenance
 from agent.registry import Registry
 from agent.state import StateDir
 from agent.system.commands import CommandError
@@ -71,15 +71,17 @@ class Request:
 
 class Patcher:
     """One apply. ``report`` renders, prints and mails the outcome (setting ``delivered``);
-    it is called once, before a reboot (and again if the reboot command fails)."""
+    it is called once, before a reboot (and again if the reboot command fails). ``clock`` and
+    ``sleep`` are the env's clock unless given."""
 
     def __init__(self, env: Env, registry: Registry, dnf: Dnf, *, host: str,
                  report: Callable[[Outcome], None], say: Callable[[str], None] = log.info,
-                 clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], None] | None = None) -> None:
         self.env, self.registry, self.dnf, self.host = env, registry, dnf, host
         self.opts = env.config.section(PatchOptions)
-        self.report, self.say, self.clock, self.sleep = report, say, clock, sleep
+        self.report, self.say = report, say
+        self.clock, self.sleep = clock or env.clock.now, sleep or env.clock.sleep
 
     def run(self, req: Request) -> Outcome:
         now = self.clock()
@@ -110,7 +112,7 @@ class Patcher:
         if not req.acts_on_host:
             yield
             return
-        state = StateDir(self.env.state_dir)
+        state = StateDir(self.env.state_dir, self.env.clock)
         state.ensure()
         before = state.maintenance()
         until = now + self.opts.duration * 60
@@ -290,7 +292,7 @@ class Patcher:
         hint: RebootHint | None = None
         if req.installroot is None:
             try:
-                hint = self.dnf.reboot_hint()
+                hint = self.dnf.reboot_hint(self.clock())
             except DnfError as e:
                 out.notes.append(f"needs-restarting -r: {e}; judged from the transaction")
         out.reboot = decide(self.opts.reboot, [c.name for c in out.changes], hint,

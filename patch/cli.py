@@ -30,9 +30,11 @@ WINDOW_END_ENV = "STEWARD_PATCH_WINDOW_END"
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    p = sub.add_parser("patch", help="dnf patching: what is pending (check), patch (apply)",
+    p = sub.add_parser("patch", help="dnf patching: what is pending (check), patch (apply), "
+                       "the last report (last)",
                        description="Patch the system with dnf: see what is pending (check), "
-                       "patch it with health checks before and after (apply).")
+                       "patch it with health checks before and after (apply), show the last "
+                       "patch report (last).")
     common(p)
     psub = p.add_subparsers(dest="patch_command", metavar="ACTION")
     psub.required = True
@@ -52,6 +54,14 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
                    help="the system installed at DIR instead of this one (its "
                    "etc/yum.repos.d, dnf cache and history; releasever 9)")
     _add_apply(psub, common)
+    la = psub.add_parser(
+        "last", help="the last patch report, with health before and after",
+        description="The report of the last 'steward patch apply' (by hand or in the patch "
+        "window): status, what changed, restarts, reboot, and the health checks' worst status "
+        "before and after with the checks that got worse or better. Read from the state dir "
+        "(patch/last-report.json). Exit 0; 2 when that file is not a report (it is named).")
+    common(la)
+    la.add_argument("--format", choices=("text", "json"), default="text")
 
 
 def run(args: argparse.Namespace, env: Env, registry: Registry | None = None) -> int:
@@ -59,6 +69,13 @@ def run(args: argparse.Namespace, env: Env, registry: Registry | None = None) ->
         return cmd_check(args, env)
     if args.patch_command == "apply":
         return cmd_apply(args, env, registry)
+    if args.patch_command == "last":
+        from patch.lastreport import read, text
+
+        doc = read(env.state_dir)
+        sys.stdout.write(json.dumps(doc, indent=1) + "\n" if args.format == "json"
+                         else text(doc))
+        return 0
     raise UsageError(f"patch {args.patch_command}: not implemented here")
 
 
@@ -70,7 +87,7 @@ def cmd_check(args: argparse.Namespace, env: Env) -> int:
     opts = env.config.checks.get("updates")
     dnf = Dnf(env.commands, root, timeout=getattr(opts, "timeout", DEFAULT_TIMEOUT))
     try:
-        pending = look(dnf, time.time(), security_only=args.security,
+        pending = look(dnf, env.clock.now(), security_only=args.security,
                        every_advisory=not args.security)
     except DnfError as e:
         print(f"steward: dnf failed: {e}", file=sys.stderr)
@@ -157,7 +174,8 @@ def cmd_apply(args: argparse.Namespace, env: Env, registry: Registry | None = No
     env = resolve(registry, env)
     dnf = Dnf(env.commands, root, timeout=opts.duration * 60.0)
     patcher = Patcher(env, registry, dnf, host=socket.gethostname(),
-                      report=lambda out: publish(out, env.config, env.state_dir),
+                      report=lambda out: publish(out, env.config, env.state_dir,
+                                                 clock=env.clock),
                       say=lambda text: print(f"steward: {text}", file=sys.stderr, flush=True))
     return patcher.run(req).exit_code()
 
@@ -211,7 +229,7 @@ def _date(epoch: float) -> str:
 
 
 def _command(args: argparse.Namespace, setup: Setup) -> int:
-    registry, env = setup(args)
+    registry, env = setup(args, checks=args.patch_command != "last")
     return run(args, env, registry)
 
 

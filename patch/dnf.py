@@ -277,7 +277,7 @@ class Dnf:
             raise self._plugin_missing(done) or self._error(done)
         return [s.strip() for s in done.stdout.splitlines() if s.strip().endswith(".service")]
 
-    def reboot_hint(self) -> RebootHint:
+    def reboot_hint(self, now: float) -> RebootHint:
         """Whether core packages were updated since boot (``needs-restarting -r``: exit 1
         and the list when a reboot is needed); without the plugin, the same test made on
         the packages' install times."""
@@ -285,14 +285,16 @@ class Dnf:
         if done.returncode == 0:
             return RebootHint(False, (), "needs-restarting")
         if self._plugin_missing(done):
-            return self.reboot_hint_from_installtime()
+            return self.reboot_hint_from_installtime(now)
         if "Reboot is required" in done.stdout:
             return RebootHint(True, tuple(parse_reboot_hint(done.stdout)), "needs-restarting")
         raise self._error(done)
 
-    def reboot_hint_from_installtime(self, booted: float | None = None) -> RebootHint:
-        """needs-restarting -r's test without the plugin (see patch.reboot)."""
-        return installtime_hint(self.runner, self.installroot, booted)
+    def reboot_hint_from_installtime(self, now: float, booted: float | None = None
+                                     ) -> RebootHint:
+        """needs-restarting -r's test without the plugin (see patch.reboot); ``now`` dates
+        the boot (from the uptime) unless ``booted`` is given."""
+        return installtime_hint(self.runner, self.installroot, now=now, booted=booted)
 
     @staticmethod
     def _plugin_missing(done: Completed) -> DnfPluginMissing | None:

@@ -5,7 +5,6 @@ times."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,21 +45,22 @@ def extra_core(root: Path) -> set[str]:
     return found
 
 
-def boot_time() -> float:
+def boot_time(now: float) -> float:
     """When this machine booted, as needs-restarting reckons it (the later of /proc/1's
-    start and now minus uptime: containers and machines without a clock differ)."""
+    start and ``now`` minus uptime: containers and machines without a clock differ)."""
     proc1 = Path("/proc/1").stat().st_mtime
     try:
         uptime = float(Path("/proc/uptime").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return proc1
-    return max(proc1, time.time() - uptime)
+    return max(proc1, now - uptime)
 
 
-def installtime_hint(runner: CommandRunner, installroot: Path | None,
+def installtime_hint(runner: CommandRunner, installroot: Path | None, *, now: float,
                      booted: float | None = None) -> RebootHint:
     """A reboot is needed when a core package was installed after ``booted`` (default:
-    this boot). Asks ``rpm -q --qf`` (whose exit code counts the names not installed)."""
+    this boot, as seen at ``now``). Asks ``rpm -q --qf`` (whose exit code counts the names
+    not installed)."""
     names = sorted(set(CORE_PACKAGES) | extra_core(installroot or Path("/")))
     argv = ["rpm", "-q", "--qf", "%{NAME}\t%{INSTALLTIME}\n",
             *(["--root", str(installroot)] if installroot else []), *names]
@@ -68,7 +68,7 @@ def installtime_hint(runner: CommandRunner, installroot: Path | None,
         done = runner.run(argv, timeout=60, ok_codes=range(256))
     except CommandError as e:
         raise DnfError(argv, e.returncode, e.stderr_tail, e.reason) from None
-    since = boot_time() if booted is None else booted
+    since = boot_time(now) if booted is None else booted
     newer = set()
     for line in done.stdout.splitlines():
         name, _, stamp = line.partition("\t")

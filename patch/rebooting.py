@@ -156,7 +156,7 @@ class RebootNews:
         return Status.OK if self.happened else Status.CRIT
 
 
-def after_reboot(state_dir: Path, now: float | None = None,
+def after_reboot(state_dir: Path, now: float,
                  current_boot: str | None = None) -> RebootNews | None:
     """Called by the daemon at start. A marker with another boot id: the reboot happened
     (the caller checks health and reports). The same boot id and older than GRACE: it did
@@ -167,7 +167,6 @@ def after_reboot(state_dir: Path, now: float | None = None,
     rec = _read(path)
     if rec is None:
         return None
-    now = time.time() if now is None else now
     boot = current_boot or boot_id()
     requested = float(rec.get("requested", 0.0))
     packages = tuple(rec.get("packages", ()))

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from agent.config import Config
 from agent.notify.templates import SUBJECT_MAX, Templates, build_message
+from agent.system.clock import Clock
 from patch.outcome import Outcome, Rollback
 
 _COLOUR = {"OK": "#2e7d32", "WARN": "#e69500", "CRIT": "#c62828"}
@@ -32,12 +33,13 @@ class ReportTemplates(Templates):
                 self._render("patch-report.html.j2", full))
 
 
-def view(out: Outcome) -> dict[str, Any]:
-    """What the templates see (all plain strings, lists and dicts)."""
+def view(out: Outcome, now: float) -> dict[str, Any]:
+    """What the templates see (all plain strings, lists and dicts); the report is dated when
+    the run finished, else ``now``."""
     status = out.status.name
     tx = out.transaction
     return {
-        "host": out.host, "now": _local(out.finished or time.time()), "status": status,
+        "host": out.host, "now": _local(out.finished or now), "status": status,
         "colour": _COLOUR.get(status, "#6a1b9a"), "headline": out.headline(),
         "problems": out.problems(), "failure": out.failure, "mode": out.mode,
         "exclude": list(out.exclude), "dry_run": out.dry_run, "installroot": out.installroot,
@@ -153,12 +155,27 @@ def _local(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
 
 
-def render(out: Outcome, template_dir: str | Path | None,
-           language: str = "en") -> tuple[str, str, str]:
-    return ReportTemplates(template_dir, language).render_report(view(out))
+def render(out: Outcome, template_dir: str | Path | None, language: str = "en", *,
+           now: float) -> tuple[str, str, str]:
+    return ReportTemplates(template_dir, language).render_report(view(out, now))
 
 
-def publish(out: Outcome, config: Config, state_dir: Path, *,
+def store(out: Outcome, state_dir: Path, text: str, stream: TextIO, now: float) -> None:
+    """patch/last-report.json, what ``steward patch last`` (and the Cockpit page) reads; not
+    for a dry run, which changes nothing, steward's state included."""
+    from patch import lastreport
+
+    if out.dry_run:
+        return
+
+    try:
+        lastreport.write(state_dir, lastreport.document(out, view(out, now), text))
+    except OSError as e:
+        stream.write(f"the report for the Cockpit page could not be written: {e.filename}: "
+                     f"{e.strerror or e}\n")
+
+
+def publish(out: Outcome, config: Config, state_dir: Path, *, clock: Clock,
             stream: TextIO | None = None) -> None:
     """Print the report and mail it (queued first; delivered now if a relay takes it). Sets
     ``out.delivered``: None when no recipients are configured."""
@@ -166,13 +183,15 @@ def publish(out: Outcome, config: Config, state_dir: Path, *,
 
     stream = stream or sys.stdout
     opts = config.email
-    subject, text, html = render(out, opts.template_dir, opts.language)
+    now = clock.now()
+    subject, text, html = render(out, opts.template_dir, opts.language, now=now)
     stream.write(text)
+    store(out, state_dir, text, stream, now)
     if not opts.enabled:
         out.delivered = None
         stream.write("report not mailed: no [notify.email] recipients configured\n")
         stream.flush()
         return
     msg = build_message(subject, text, html, sender=opts.sender, kind="patch",
-                        to=[address for address, _ in opts.to], date=time.time())
+                        to=[address for address, _ in opts.to], date=now)
     out.delivered = mail_now(msg, opts, state_dir, out.host, stream)

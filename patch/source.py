@@ -6,7 +6,6 @@ says whether the reboot a patch run asked for happened."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,13 +43,14 @@ class PatchWindowSource:
             return []
         from patch.rebooting import after_reboot
 
-        news = after_reboot(self.ctx.state_dir)
+        now = self.ctx.env.clock.now()
+        news = after_reboot(self.ctx.state_dir, now)
         if news is None:
             return []
         return [Event("patch", "patch:reboot", Status.OK if news.happened else Status.CRIT,
                       news.summary, remedy="" if news.happened else
                       "reboot in the next maintenance window: systemctl reboot",
-                      since=time.time())]
+                      since=now)]
 
     def tick(self, now: float) -> list[Event]:
         if self.scheduler is None:

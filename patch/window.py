@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 from agent.calendar import Schedule, first_start, local_zone, next_start, parse_schedule
 from agent.fileio import write_atomic
 from agent.quote import quote
+from agent.system.clock import Clock
 from agent.system.commands import CommandError, CommandRunner
 from agent.system.systemd import active_units, run_transient
 from patch.options import PatchOptions
@@ -183,12 +183,17 @@ def start_transient(unit_name: str, argv: Sequence[str], runner: CommandRunner, 
 
 # -- the scheduler ----------------------------------------------------------------------------
 
+class WallClock(Protocol):
+    def now(self) -> float: ...  # seconds since the epoch (agent.system.clock.Clock)
+
+
 class WindowState:
     """state_dir/patch/last-window.json: the last window steward handled (started, missed,
     gave up on) or, first, when it began keeping the schedule (a baseline, not caught up)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, clock: WallClock | None = None) -> None:
         self.path = Path(state_dir) / STATE_FILE
+        self.clock: WallClock = clock or Clock()  # dates a broken file kept aside
 
     def read(self) -> dict[str, Any] | None:
         try:
@@ -197,7 +202,7 @@ class WindowState:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError, KeyError) as e:
-            bad = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            bad = self.path.with_name(f"{self.path.name}.corrupt-{int(self.clock.now())}")
             log.error("%s is unreadable (%s); keeping it as %s and starting afresh (a window "
                       "missed meanwhile is not caught up)", self.path, e, bad)
             self.path.replace(bad)
@@ -214,10 +219,6 @@ class WindowState:
         data = {"window": _utc(window).isoformat(), "outcome": outcome,
                 "recorded": _utc(now).isoformat(), "unit": unit, "detail": detail}
         write_atomic(self.path, json.dumps(data, indent=1) + "\n", 0o600)
-
-
-class WallClock(Protocol):
-    def now(self) -> float: ...  # seconds since the epoch (agent.system.clock.Clock)
 
 
 @dataclass
@@ -257,8 +258,8 @@ class PatchScheduler:
                  systemctl: Sequence[str] = ("systemctl",),
                  systemd_run: Sequence[str] = ("systemd-run",)) -> None:
         self.options, self.runner, self.argv = options, runner, tuple(argv)
-        self.state = WindowState(state_dir)
-        self.clock = clock
+        self.clock: WallClock = clock or Clock()
+        self.state = WindowState(state_dir, self.clock)
         self.systemctl, self.systemd_run = tuple(systemctl), tuple(systemd_run)
         s = options.parsed_schedule
         self.trigger = cron_trigger(s, options.random_delay, tz, rng) if s else None
@@ -267,7 +268,7 @@ class PatchScheduler:
         self._pending: _Pending | None = None
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock.now() if self.clock else time.time(), UTC)
+        return datetime.fromtimestamp(self.clock.now(), UTC)
 
     def _local(self, dt: datetime) -> str:
         return _show(dt.astimezone(self.tz))

@@ -30,10 +30,14 @@ def needs_root() -> pytest.MarkDecorator:
     return pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
-# The host's own state (the audit, pending dnf updates, unit states) is not what daemon tests
-# are about: a config starting with this leaves it out.
+# The checks that judge this machine itself (its units, clock, hardening, pending updates, the
+# milter chain of the rspamd and OpenDKIM packages the tests install, certificates, its mail
+# queue, the load of parallel tests) are not what daemon tests are about: a config starting
+# with this leaves them out.
 QUIET = ("[checks.service]\nenabled = false\n[checks.timesync]\nenabled = false\n"
-         "[checks.audit]\nenabled = false\n[checks.updates]\nenabled = false\n")
+         "[checks.audit]\nenabled = false\n[checks.updates]\nenabled = false\n"
+         "[checks.milter]\nenabled = false\n[checks.certrenew]\nenabled = false\n"
+         "[checks.load]\nenabled = false\n[checks.mailqueue]\nenabled = false\n")
 
 
 def start_daemon(tmp_path: Path, config: str) -> tuple[subprocess.Popen[str], Path, Path]:

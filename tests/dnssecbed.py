@@ -4,9 +4,7 @@ trusts the parent zone's KSK (a static trust anchor)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +13,7 @@ import dns.flags
 import dns.message
 import dns.query
 
-from tests.dnsserver import named_binary
+from tests.dnsserver import named_process, write_named_conf
 from tests.netutil import free_port
 
 ALG = "ECDSAP256SHA256"  # fast to generate and sign
@@ -76,53 +74,22 @@ def validating_resolver(directory: Path, forward_to: int, zone: str | Sequence[s
     127.0.0.1:forward_to and trusting ``anchor`` (a ksk_anchor() line), on ``port`` (0: a
     free one); yields (host, port) once it answers for the first zone."""
     zones = [zone] if isinstance(zone, str) else list(zone)
-    zone = zones[0]
-    binary = named_binary()
-    if binary is None:
-        raise RuntimeError("named is not installed")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    conf = d / "named.conf"
-    conf.write_text(f"""options {{
-    directory "{d}";
-    pid-file "{d}/named.pid";
-    session-keyfile "{d}/session.key";
-    managed-keys-directory "{d}";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion yes;
-    allow-recursion {{ 127.0.0.1; }};
-    dnssec-validation yes;
-}};
-trust-anchors {{ {anchor} }};
-controls {{ }};
-""" + "".join(f'zone "{z}" {{ type forward; forward only; forwarders {{ 127.0.0.1 port '
-                 f'{forward_to}; }}; }};\n' for z in zones))
-    user = ["-u", "root"] if os.geteuid() == 0 else []
-    log = (d / "named.log").open("w")
-    proc = subprocess.Popen([binary, "-c", str(conf), "-g", *user], stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + startup
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("validating named did not start:\n"
-                                   + (d / "named.log").read_text(errors="replace")[-3000:])
-            try:
-                q = dns.message.make_query(zone, "SOA", want_dnssec=True)
-                reply = dns.query.udp(q, "127.0.0.1", timeout=0.5, port=port)
-                if reply.answer and reply.flags & dns.flags.AD:
-                    break
-            except Exception:  # not listening yet
-                pass
-            time.sleep(0.1)
-        yield "127.0.0.1", port
-    finally:
-        proc.terminate()
+    conf = write_named_conf(
+        d, port, "recursion yes;\n    allow-recursion { 127.0.0.1; };\n    "
+        "dnssec-validation yes;", f"trust-anchors {{ {anchor} }};\n" + "".join(
+            f'zone "{z}" {{ type forward; forward only; forwarders {{ 127.0.0.1 port '
+            f'{forward_to}; }}; }};\n' for z in zones))
+
+    def ready(_: subprocess.Popen[bytes]) -> bool:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+            q = dns.message.make_query(zones[0], "SOA", want_dnssec=True)
+            reply = dns.query.udp(q, "127.0.0.1", timeout=0.5, port=port)
+        except Exception:  # not listening yet
+            return False
+        return bool(reply.answer and reply.flags & dns.flags.AD)
+
+    with named_process(conf, ready, startup, "validating named"):
+        yield "127.0.0.1", port

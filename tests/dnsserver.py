@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,25 +47,30 @@ def txt(value: str) -> str:
                            for c in chunks) + " )"
 
 
-@contextmanager
-def bind_server(zones: Mapping[str, str], directory: Path,
-                startup: float = 20.0, options: str = "", port: int = 0
-                ) -> Iterator[tuple[str, int]]:
-    """Run named for ``zones`` (origin -> zone file text, e.g. from zone_text) with its files
-    in ``directory``; yields (host, port) once every zone answers its SOA. ``options`` is
-    extra text for named.conf's options block (e.g. ``version "none";``); the config is
-    ``directory / "named.conf"``."""
-    binary = named_binary()
-    if binary is None:
-        raise RuntimeError(named_missing())
+def rndc_setup(directory: Path) -> tuple[str, list[str]]:
+    """A key made by rndc-confgen and a control channel on a free loopback port: the text
+    for named.conf (its ``key`` and ``controls`` statements) and the rndc argv that reaches
+    that named."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    stanzas = []
-    for origin, text in zones.items():
-        (d / f"{origin}.zone").write_text(text)
-        stanzas.append(f'zone "{origin}" {{ type primary; file "{d}/{origin}.zone"; }};')
+    key = d / "rndc.key"
+    confgen = shutil.which("rndc-confgen", path=f"{os.environ.get('PATH', '')}:{SBIN}")
+    subprocess.run([confgen or "rndc-confgen", "-a", "-k", "steward-test", "-c", str(key)],
+                   check=True, capture_output=True, timeout=30)
+    port = free_port()
+    text = (f'include "{key}";\ncontrols {{ inet 127.0.0.1 port {port} allow {{ 127.0.0.1; }} '
+            'keys { "steward-test"; }; };\n')
+    rndc = shutil.which("rndc", path=f"{os.environ.get('PATH', '')}:{SBIN}") or "rndc"
+    return text, [rndc, "-k", str(key), "-s", "127.0.0.1", "-p", str(port)]
+
+
+def write_named_conf(directory: Path, port: int, options: str, rest: str) -> Path:
+    """``directory``/named.conf for a named of its own: files in ``directory``, listening on
+    127.0.0.1:``port`` only; ``options`` goes into the options block, ``rest`` after it
+    (zones, trust anchors, a ``controls`` statement: none means no control channel)."""
+    d = Path(directory)
     conf = d / "named.conf"
+    controls = "" if "controls" in rest else "controls { };\n"
     conf.write_text(f"""options {{
     directory "{d}";
     pid-file "{d}/named.pid";
@@ -73,21 +78,37 @@ def bind_server(zones: Mapping[str, str], directory: Path,
     managed-keys-directory "{d}";
     listen-on port {port} {{ 127.0.0.1; }};
     listen-on-v6 {{ none; }};
-    recursion no;
-    allow-query {{ any; }};
-    dnssec-validation no;
     {options}
 }};
-controls {{ }};
-{chr(10).join(stanzas)}
+{controls}{rest}
 """)
+    return conf
+
+
+@contextmanager
+def named_process(conf: Path, ready: Callable[[subprocess.Popen[bytes]], bool],
+                  startup: float, what: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run named on ``conf`` (log in named.log beside it) until ``ready(proc)`` says it
+    serves, within ``startup`` seconds; terminated (then killed) on leaving."""
+    binary = named_binary()
+    if binary is None:
+        raise RuntimeError(named_missing())
+    logfile = conf.parent / "named.log"
     user = ["-u", "root"] if os.geteuid() == 0 else []  # -u needs root to switch user
-    log = (d / "named.log").open("w")
+    log = logfile.open("w")
     proc = subprocess.Popen([binary, "-c", str(conf), "-g", *user], stdout=log,
                             stderr=subprocess.STDOUT)
     try:
-        _wait(proc, port, list(zones), d / "named.log", startup)
-        yield "127.0.0.1", port
+        deadline = time.monotonic() + startup
+        while not ready(proc):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what}: named exited with {proc.returncode}:\n"
+                                   + logfile.read_text(errors="replace")[-3000:])
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what}: not ready within {startup:g} s:\n"
+                                   + logfile.read_text(errors="replace")[-3000:])
+            time.sleep(0.1)
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -98,23 +119,41 @@ controls {{ }};
         log.close()
 
 
-def _wait(proc: subprocess.Popen[bytes], port: int, origins: list[str], logfile: Path,
-          startup: float) -> None:
-    deadline = time.monotonic() + startup
-    pending = list(origins)
-    while pending:
-        if proc.poll() is not None:
-            raise RuntimeError(f"named exited with {proc.returncode}:\n"
-                               + logfile.read_text(errors="replace")[-3000:])
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"named did not serve {pending} within {startup:g} s:\n"
-                               + logfile.read_text(errors="replace")[-3000:])
-        try:
-            reply = dns.query.udp(dns.message.make_query(pending[0], "SOA"), "127.0.0.1",
-                                  timeout=0.5, port=port)
-            if reply.rcode() == dns.rcode.NOERROR and reply.answer:
-                pending.pop(0)
-                continue
-        except (dns.exception.DNSException, OSError):
-            pass
-        time.sleep(0.1)
+@contextmanager
+def bind_server(zones: Mapping[str, str], directory: Path,
+                startup: float = 20.0, options: str = "", port: int = 0,
+                zone_options: Mapping[str, str] | None = None, controls: str = ""
+                ) -> Iterator[tuple[str, int]]:
+    """Run named for ``zones`` (origin -> zone file text, e.g. from zone_text) with its files
+    in ``directory``; yields (host, port) once every zone answers its SOA. ``options`` is
+    extra text for named.conf's options block (e.g. ``version "none";``), ``zone_options``
+    extra text for a zone's statement (``dnssec-policy default; inline-signing yes;``),
+    ``controls`` a control channel (rndc_setup's text); the config is
+    ``directory / "named.conf"``."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    stanzas = []
+    for origin, text in zones.items():
+        (d / f"{origin}.zone").write_text(text)
+        extra = (zone_options or {}).get(origin, "")
+        stanzas.append(f'zone "{origin}" {{ type primary; file "{d}/{origin}.zone"; {extra} }};')
+    conf = write_named_conf(d, port, "recursion no;\n    allow-query { any; };\n    "
+                            f"dnssec-validation no;\n    {options}",
+                            controls + "\n".join(stanzas))
+    pending = list(zones)
+
+    def ready(_: subprocess.Popen[bytes]) -> bool:
+        while pending:
+            try:
+                reply = dns.query.udp(dns.message.make_query(pending[0], "SOA"), "127.0.0.1",
+                                      timeout=0.5, port=port)
+            except (dns.exception.DNSException, OSError):
+                return False
+            if reply.rcode() != dns.rcode.NOERROR or not reply.answer:
+                return False
+            pending.pop(0)
+        return True
+
+    with named_process(conf, ready, startup, f"named serving {list(zones)}"):
+        yield "127.0.0.1", port

@@ -20,6 +20,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
+from agent.fileio import read_exactly
+
 MAX_NAME = 4096
 MAX_KEPT = 256 * 1024  # a configuration file larger than this is not read (lvm.conf: ~100 KB)
 MAX_ENTRIES = 1_000_000
@@ -47,12 +49,9 @@ class Initrd:
 
 
 def _exact(fh: _Reader, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = fh.read(n - len(data))
-        if not chunk:
-            raise InitrdError("truncated cpio archive")
-        data += chunk
+    data = read_exactly(fh.read, n)
+    if len(data) < n:
+        raise InitrdError("truncated cpio archive")
     return data
 
 

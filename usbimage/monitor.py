@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.events import Event
+from agent.system.clock import Clock
 from agent.system.commands import CommandError, CommandRunner
 from agent.system.systemd import active_units, run_transient
 from usbimage.events import DriveEvent
@@ -34,8 +35,10 @@ log = logging.getLogger(__name__)
 
 DEBOUNCE = 10.0  # seconds: one decision per device however many "add" events arrive
 UNIT_PREFIX = "steward-usb-backup"
-# Not while another backup or a patch run (whose pre-patch backup may be writing) is active.
-BUSY_UNITS = (f"{UNIT_PREFIX}-*.service", "steward-patch-*.service", "steward-patch.service")
+# Not while another backup (to the drive, or to [backup] target by steward backup start) or a
+# patch run (whose pre-patch backup may be writing) is active.
+BUSY_UNITS = (f"{UNIT_PREFIX}-*.service", "steward-backup-*.service",
+              "steward-patch-*.service", "steward-patch.service")
 BACKUP_TIMEOUT_MIN = 12 * 60  # a whole system onto a slow stick
 POLL = 0.5  # how soon stop() is noticed
 
@@ -80,14 +83,14 @@ class DriveMonitor:
                  wake: Callable[[], None] = lambda: None,
                  systemctl: Sequence[str] = ("systemctl",),
                  systemd_run: Sequence[str] = ("systemd-run",),
-                 debounce: float = DEBOUNCE, clock: Callable[[], float] = time.monotonic,
+                 debounce: float = DEBOUNCE, clock: Clock | None = None,
                  sysfs_root: str = "/sys", state_dir: Path | None = None) -> None:
         self.options, self.runner, self.argv = options, runner, tuple(argv)
         self.state_dir = state_dir  # for [usb] schedule (none: not scheduled)
         self.scheduled: UsbSchedule | None = None
         self.wake = wake
         self.systemctl, self.systemd_run = tuple(systemctl), tuple(systemd_run)
-        self.debounce, self.clock, self.sysfs_root = debounce, clock, sysfs_root
+        self.debounce, self.clock, self.sysfs_root = debounce, clock or Clock(), sysfs_root
         self.error = ""  # why the monitor is not running, for the log and status
         self._seen: dict[str, float] = {}
         self._queue: queue.Queue[DriveEvent] = queue.Queue()
@@ -154,7 +157,7 @@ class DriveMonitor:
         drive = probe_partition(name, self.runner, self.sysfs_root)
         if drive is None:
             return None
-        now = self.clock()
+        now = self.clock.monotonic()
         last = self._seen.get(name)
         if last is not None and now - last < self.debounce:
             log.debug("%s: seen %.1f s ago, not again", drive.device, now - last)
@@ -170,7 +173,8 @@ class DriveMonitor:
         return DriveEvent("ignored", drive, f"{what} ([usb] on_insert = \"ignore\")")
 
     def _backup(self, drive: Drive, what: str) -> DriveEvent:
-        unit = f"{UNIT_PREFIX}-{time.strftime('%Y%m%d-%H%M%S')}"
+        started = time.localtime(self.clock.now())
+        unit = f"{UNIT_PREFIX}-{time.strftime('%Y%m%d-%H%M%S', started)}"
         try:
             busy = active_units(self.runner, BUSY_UNITS, self.systemctl)
             if busy:

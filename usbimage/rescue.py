@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.fileio import read_json
 from agent.system.commands import CommandError, CommandRunner
 from backup.layout import which
 
@@ -141,7 +142,7 @@ def stale(data_root: Path, want: dict[str, Any]) -> str | None:
     """Why the rescue system on the drive must be (re)built; None when it is current."""
     home = data_root / HOME
     try:
-        have = json.loads((home / "rescue.json").read_text())
+        have = read_json(home / "rescue.json")
     except (OSError, ValueError):
         return "there is no rescue system on the drive yet"
     if not all((home / f).is_file() for f in ("vmlinuz", "initrd.img")):

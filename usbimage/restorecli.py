@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import re
 import resource
@@ -32,6 +31,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.commands import Command, Setup
 from agent.errors import UsageError
+from agent.fileio import read_json
+from agent.system.clock import Clock
 from agent.system.commands import CommandError, CommandRunner
 from backup.archive import ArchiveError
 from backup.progress import human
@@ -142,7 +143,7 @@ def _generation(store: Store, gen_id: str | None) -> Generation:
 
 def _layout(gen: Generation) -> dict[str, Any]:
     try:
-        data = json.loads((gen.path / "layout.json").read_text(encoding="utf-8"))
+        data = read_json(gen.path / "layout.json")
     except (OSError, ValueError) as e:
         raise StoreError(f"generation {gen.id}: layout.json unreadable: {e}") from None
     if not isinstance(data, dict):
@@ -245,7 +246,8 @@ def restore_command(args: argparse.Namespace, runner: CommandRunner, gen: Genera
     out.write(f"checking {'every archive' if args.plan else 'the generation'} of {gen.id} "
               f"{'against its sha256 ' if args.plan else ''}before writing...\n")
     out.flush()
-    checking = time.monotonic()
+    clock = Clock()
+    checking = clock.monotonic()
     try:
         check_manifest(gen, gen.manifest())
         report = verify(gen, archives=args.plan)
@@ -263,12 +265,13 @@ def restore_command(args: argparse.Namespace, runner: CommandRunner, gen: Genera
         return 0
     out.write(f"generation whole: {report.checked} files, {human(report.bytes)}; each archive "
               "is checked against its sha256 as it is extracted\n")
-    checked = time.monotonic() - checking
+    checked = clock.monotonic() - checking
     if not args.yes and not _confirmed(plan, stdin, out):
         out.write("aborted: nothing was written\n")
         return 1
     return execute(plan, runner, args.mount_dir, out,
-                   lambda *a, **k: restore(*a, hash_first=False, **k), checked=checked)
+                   lambda *a, **k: restore(*a, hash_first=False, **k), checked=checked,
+                   clock=clock)
 
 
 def _cpu() -> tuple[float, float]:
@@ -282,23 +285,26 @@ class _Times:
     """Seconds per part of the restore, for the report's "time:" line; the check before
     writing counts (waiting for the disk names to be typed does not)."""
 
-    def __init__(self, checked: float) -> None:
+    def __init__(self, checked: float, clock: Clock) -> None:
+        self.clock = clock
         self.parts: list[tuple[str, float]] = [("check before writing", checked)]
-        self.last = time.monotonic()
+        self.last = clock.monotonic()
         self.started = self.last - checked
 
     def lap(self, what: str) -> float:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         took, self.last = now - self.last, now
         self.parts.append((what, took))
         return took
 
 
 def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
-            restore: Callable[..., Any], *, checked: float = 0.0) -> int:
+            restore: Callable[..., Any], *, checked: float = 0.0,
+            clock: Clock | None = None) -> int:
     from usbimage import restoredisk, restorefix
 
-    times = _Times(checked)
+    clock = clock or Clock()
+    times = _Times(checked, clock)
     lines: list[str] = []
 
     def say(line: str) -> None:
@@ -333,10 +339,10 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
             lines.append(f"boot fixes took {fixing:.0f} s")
             times.lap("sync")
             lines.append("time: " + ", ".join(f"{w} {t:.1f} s" for w, t in times.parts))
-            lines.append(f"took {time.monotonic() - times.started:.0f} s")
+            lines.append(f"took {clock.monotonic() - times.started:.0f} s")
             for line in lines:
                 say(line)
-            _write_report(root, plan, lines, run.done)
+            _write_report(root, plan, lines, run.done, clock.now())
         runner.run(["sync"], timeout=600)
     except (restoredisk.RestoreError, OSError, StoreError, ArchiveError) as e:
         from backup.jail import Mismatch
@@ -353,10 +359,12 @@ def execute(plan: Plan, runner: CommandRunner, mount_dir: Path, out: TextIO,
     return 0
 
 
-def _write_report(root: Path, plan: Plan, lines: list[str], steps: list[str]) -> None:
+def _write_report(root: Path, plan: Plan, lines: list[str], steps: list[str],
+                  now: float) -> None:
     path = root / REPORT
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = [f"steward restore, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", "", text(plan),
+    body = [f"steward restore, {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(now))}",
+            "", text(plan),
             "Result:", *[f"  {x}" for x in lines], "", "Steps:", *[f"  {s}" for s in steps]]
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(body) + "\n")

@@ -18,7 +18,8 @@ class UsbSource:
 
         self.monitor = DriveMonitor(ctx.env.config.section(UsbOptions), ctx.env.commands,
                                     ctx.steward_argv("backup", "create", "--usb"),
-                                    wake=ctx.wake, state_dir=ctx.state_dir)
+                                    wake=ctx.wake, state_dir=ctx.state_dir,
+                                    clock=ctx.env.clock)
 
     def configure(self, env: Env) -> None:
         self.monitor.options = env.config.section(UsbOptions)  # what an insertion does

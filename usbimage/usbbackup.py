@@ -9,7 +9,6 @@ import glob
 import html
 import os
 import socket
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,9 +153,10 @@ def backup_to_usb(source: str, opts: BackupOptions, usb: UsbOptions, *, device: 
     return job
 
 
-def mail_report(job: UsbBackup, email: EmailOptions, state_dir: Path, out: TextIO) -> None:
-    """Print the report and mail it through the outbox (kept there for steward run to retry
-    when no relay takes it now); every [notify.email] recipient gets it."""
+def mail_report(job: UsbBackup, email: EmailOptions, state_dir: Path, out: TextIO,
+                now: float) -> None:
+    """Print the report and mail it, dated ``now``, through the outbox (kept there for steward
+    run to retry when no relay takes it now); every [notify.email] recipient gets it."""
     from agent.notify.commands import mail_now
 
     text = job.text()
@@ -166,5 +166,5 @@ def mail_report(job: UsbBackup, email: EmailOptions, state_dir: Path, out: TextI
         return
     msg = build_message(job.subject(), text, f"<pre>{html.escape(text)}</pre>\n",
                         sender=email.sender, kind="backup", to=[a for a, _ in email.to],
-                        date=time.time())
+                        date=now)
     mail_now(msg, email, state_dir, job.host, out)

@@ -7,12 +7,12 @@ import os
 import stat
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.config.schema import _ABSENT, CheckOptions, ConfigError, build
-from agent.config.sections import EmailOptions, RestartOptions
+from agent.config.sections import AlertOptions, EmailOptions, RestartOptions
 from agent.config.trust import parent_problem
 from agent.entrypoints import entry_points
 
@@ -36,7 +36,8 @@ class _Sections(Mapping[str, type[Any]]):
     entry-point group ([backup], [patch], [usb]...) and each action's ``Options``
     ([notify.webhook]), read once, when first asked."""
 
-    CORE: Mapping[str, type[Any]] = {"restart": RestartOptions, "notify.email": EmailOptions}
+    CORE: Mapping[str, type[Any]] = {"restart": RestartOptions, "alerts": AlertOptions,
+                                     "notify.email": EmailOptions}
 
     def __init__(self) -> None:
         self._all: dict[str, type[Any]] | None = None
@@ -79,8 +80,9 @@ class _Sections(Mapping[str, type[Any]]):
 
 SECTIONS = _Sections()
 
-__all__ = ["BUILTIN", "DEFAULT_PATH", "SECTIONS", "CheckOptions", "Config", "ConfigError",
-           "EmailOptions", "RestartOptions", "load"]
+__all__ = ["BUILTIN", "DEFAULT_PATH", "SECTIONS", "AlertOptions", "CheckOptions", "Config",
+           "ConfigError", "EmailOptions", "RestartOptions", "load"]
+MOVED = ("cooldown", "reminder", "reminder_max", "digest")  # [notify.email] -> [alerts]
 
 
 def table_names() -> tuple[str, ...]:
@@ -109,6 +111,13 @@ class Config:
     @property
     def email(self) -> EmailOptions:
         return self.section(EmailOptions)
+
+    @property
+    def alerts(self) -> AlertOptions:
+        """``[alerts]``, with what an older config still sets in ``[notify.email]``."""
+        alerts, email = self.section(AlertOptions), self.email
+        return replace(alerts, **{k: getattr(email, k) for k in MOVED
+                                  if getattr(email, k) is not None})
 
 
 def load(path: Path | None, plugins: Mapping[str, type[Any]],
@@ -229,6 +238,12 @@ def from_tables(data: Mapping[str, Any], source: str, plugins: Mapping[str, type
     unloaded = {k: v for k, v in tables.items() if k in broken}
     sections = {path: build(cls, _section(data, path, source), source, path)
                 for path, cls in SECTIONS.items()}
+    for key in MOVED:  # an older config's [notify.email] key, or [alerts]: not both
+        if key in _section(data, "notify.email", source) and key in _section(data, "alerts",
+                                                                             source):
+            raise ConfigError(source, f"notify.email.{key}", _ABSENT, "set in [alerts] too "
+                              "(it moved there and holds for every action)",
+                              f"remove it from [notify.email]; keep [alerts] {key}")
     return Config(source, checks, unloaded=unloaded, sections=sections)
 
 

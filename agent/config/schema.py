@@ -240,6 +240,8 @@ def to_toml(value: Any) -> str:
         return repr(value)
     if isinstance(value, Range):
         return to_toml(value.text)
+    if hasattr(value, "as_table"):  # an option value of its own shape (an [alerts] route)
+        return to_toml(value.as_table())
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{to_toml(k)} = {to_toml(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (tuple, list)):

@@ -1,4 +1,4 @@
-"""The config tables besides ``[checks.*]``: ``[restart]`` and ``[notify.email]``."""
+"""The config tables besides ``[checks.*]``: ``[restart]``, ``[alerts]``, ``[notify.email]``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from agent.config.schema import BOOLEAN, TEXT, Parser, choice, listing, number, option
-from agent.model import Status
+from agent.config.schema import BOOLEAN, TEXT, Parser, choice, listing, number, option, table
+from agent.entrypoints import entry_points
+from agent.events import KINDS, Event
 from agent.quote import quote
+from agent.status import Status
 
 # min_severity values: the one severity order (agent.model.Status.severity), OK left out
 SEVERITIES = tuple(s.name for s in sorted(Status, key=lambda s: s.severity) if s.severity)
@@ -29,6 +31,56 @@ class RestartOptions:
                             "did not hold (the unit never came up OK); doubles after each")
     grace: float = option(20.0, number(0, 3600), "seconds after a restart before the unit is "
                           "judged again")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which events reach one action: kinds (all when empty) at or above a severity (a
+    recovery counts as severe as the problem it ends; a digest lists everything not OK)."""
+
+    min_severity: Status = Status.WARN
+    kinds: frozenset[str] = frozenset()
+    held: bool = False  # also the changes the cooldown holds back (the journal, a log)
+
+    def as_table(self) -> dict[str, Any]:
+        """As it would be written in the config (``steward config show``)."""
+        return {"min_severity": self.min_severity.name, **(
+            {"kinds": sorted(self.kinds)} if self.kinds else {}), "held": self.held}
+
+    def takes(self, event: Event) -> bool:
+        if (self.kinds and event.kind not in self.kinds) or (event.held and not self.held):
+            return False
+        if event.kind == "digest" or (event.status is Status.OK and event.kind != "recovery"):
+            return True  # a digest lists all that is not OK; news that is OK is news
+        return event.severity >= self.min_severity.severity
+
+
+ROUTE_KEYS = ("min_severity", "kinds", "held")
+
+
+def _route(v: Any) -> Route:
+    if not isinstance(v, Mapping) or set(v) - set(ROUTE_KEYS):
+        raise ValueError(f"not a table of {', '.join(ROUTE_KEYS)}")
+    sev = v.get("min_severity", "WARN")
+    if sev not in SEVERITIES:
+        raise ValueError(f"min_severity {quote(sev)} is not one of {', '.join(SEVERITIES)}")
+    kinds = v.get("kinds", [])
+    if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+        raise ValueError("kinds is not a list of event kinds")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"kind {quote(unknown[0])} is not one of {', '.join(KINDS)}")
+    held = v.get("held", False)
+    if not isinstance(held, bool):
+        raise ValueError("held is not true or false")
+    return Route(Status[str(sev)], frozenset(kinds), held)
+
+
+def _action_name(v: Any) -> str:
+    names = sorted({ep.name for ep in entry_points("steward.actions")})
+    if v not in names:
+        raise ValueError(f"no action {quote(v)} is installed (installed: {', '.join(names)})")
+    return str(v)
 
 
 def _address(v: Any) -> str:
@@ -73,6 +125,40 @@ def _clock_time(v: Any) -> str:
     return v
 
 
+CLOCK_TIME = Parser(_clock_time, '"HH:MM"')
+COOLDOWN = number(0, 86400)
+REMINDER = number(0, 7 * 86400)
+REMINDER_MAX = number(60, 30 * 86400)
+
+
+@dataclass(frozen=True)
+class AlertOptions:
+    """``[alerts]``: what the administrator is told, and through which action (the policy's
+    notices: cooldown, flapping, reminders, digest; then the route of each action)."""
+
+    TABLE: ClassVar[str] = "alerts"
+
+    cooldown: float = option(900.0, COOLDOWN, "a check that changes again within this many "
+                             "seconds of its last problem notice waits for the next")
+    reminder: float = option(3600.0, REMINDER, "seconds until the first reminder of what "
+                             "stays failing (doubles; 0: none)")
+    reminder_max: float = option(86400.0, REMINDER_MAX, "longest wait between reminders")
+    digest: str | None = option(None, CLOCK_TIME, "time of day for a daily digest of what is "
+                                "still not OK")
+    route: Mapping[str, Route] | None = option(
+        None, table(Parser(_action_name, "an installed action's name"),
+                  Parser(_route, '{ min_severity = "WARN" | "UNKNOWN" | "CRIT", kinds = '
+                         '["problem", ...], held = false }')),
+        "which events each action takes, e.g. { email = { min_severity = \"CRIT\" } }; an "
+        "action not named takes what it says (the journal: everything, held-back changes "
+        "too; the others: every event told)")
+    action_timeout: float = option(30.0, number(1, 3600), "seconds one call of an action may "
+                                   "take before it is reported as hanging (UNKNOWN)")
+
+    def route_of(self, action: str) -> Route:
+        return (self.route or {}).get(action, Route())
+
+
 PATH = Parser(_path, "an absolute path")
 
 
@@ -115,14 +201,12 @@ class EmailOptions:
     timeout: float = option(30.0, number(1, 600), "seconds for each SMTP step")
     group_window: float = option(30.0, number(0, 3600), "seconds alerts are gathered into "
                                  "one mail")
-    cooldown: float = option(900.0, number(0, 86400), "a check that changes again within "
-                             "this many seconds of its last problem mail waits for the next")
-    reminder: float = option(3600.0, number(0, 7 * 86400), "seconds until the first "
-                             "reminder of what stays failing (doubles; 0: none)")
-    reminder_max: float = option(86400.0, number(60, 30 * 86400), "longest wait between "
-                                 "reminders")
-    digest: str | None = option(None, Parser(_clock_time, '"HH:MM"'), "time of day for a "
-                                "daily digest of what is still not OK")
+    # Moved to [alerts] (they hold for every action); still read here when [alerts] leaves
+    # them unset (agent.config.Config.alerts), so older configs keep working.
+    cooldown: float | None = option(None, COOLDOWN, "moved to [alerts] cooldown")
+    reminder: float | None = option(None, REMINDER, "moved to [alerts] reminder")
+    reminder_max: float | None = option(None, REMINDER_MAX, "moved to [alerts] reminder_max")
+    digest: str | None = option(None, CLOCK_TIME, "moved to [alerts] digest")
     template_dir: str = option("/etc/steward/templates", PATH, "templates here override the "
                                "built-in ones")
     retry_max: float = option(1800.0, number(10, 86400), "longest wait between delivery "

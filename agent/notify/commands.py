@@ -17,6 +17,7 @@ from agent.model import Status
 from agent.notify.mailer import send_with, sender_for
 from agent.notify.outbox import Attempt, Outbox
 from agent.notify.templates import Templates, build_message
+from agent.system.clock import Clock
 
 
 def _email(config: Config) -> Config:
@@ -30,7 +31,7 @@ def mail_now(msg: EmailMessage, opts: EmailOptions, state_dir: Path, host: str,
              stream: TextIO) -> bool:
     """Queue a report in the outbox and try to deliver it now; say on ``stream`` what became
     of it. Not delivered, it stays queued and steward run retries it (nothing is lost)."""
-    now = time.time()
+    now = Clock().now()
     outbox = Outbox(state_dir / "outbox", opts.retry_max)
     name = outbox.put(msg, now)
     attempts = outbox.deliver(send_with(sender_for(opts, host)), now, only=name)
@@ -56,7 +57,7 @@ def _print(attempts: Sequence[Attempt]) -> None:
 def cmd_test(config: Config, state_dir: Path, host: str) -> int:
     """Queue a test mail to every recipient and try to deliver it now; 0 if a relay took it."""
     opts = _email(config).email
-    now = time.time()
+    now = Clock().now()
     item = Event("test", "notify", Status.OK, f"test mail from steward on {host}",
                     details=f"relays, in order: {', '.join(opts.relays)}", since=now)
     templates = Templates(opts.template_dir, opts.language)
@@ -78,7 +79,7 @@ def cmd_flush(config: Config, state_dir: Path) -> int:
     """Try every queued mail now; 0 if the outbox is empty afterwards."""
     opts = _email(config).email
     outbox = Outbox(state_dir / "outbox", opts.retry_max)
-    attempts = outbox.deliver(send_with(sender_for(opts)), time.time(), force=True)
+    attempts = outbox.deliver(send_with(sender_for(opts)), Clock().now(), force=True)
     _print(attempts)
     left = len(outbox.queued())
     print(f"delivered {sum(a.delivered for a in attempts)}, {left} still queued")

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.fileio import write_atomic
+from agent.system.clock import Clock
 
 if TYPE_CHECKING:  # the email package loads when mail is parsed, not with steward check
     from email.message import EmailMessage
@@ -137,8 +137,9 @@ class DeliveryWorker:
     """Delivers what is due from the outbox in its own thread."""
 
     def __init__(self, outbox: Outbox, send: Send, idle: float = 60.0, *, what: str = "mail",
-                 retry_at_start: bool = False) -> None:
+                 retry_at_start: bool = False, clock: Clock | None = None) -> None:
         self.outbox, self.send, self.what = outbox, send, what
+        self.clock = clock or Clock()
         self.idle = idle
         self._force = retry_at_start  # the first round tries every message, due or not
         self._wake = threading.Event()
@@ -159,13 +160,13 @@ class DeliveryWorker:
     def _run(self) -> None:
         while not self._stop:
             try:
-                report(self.outbox.deliver(self.send, time.time(), force=self._force),
+                report(self.outbox.deliver(self.send, self.clock.now(), force=self._force),
                        self.what)
             except Exception:  # keep delivering whatever one message did
                 log.exception("%s delivery failed", self.what)
             self._force = False
             due = [q.next_at for q in self.outbox.queued()]
-            wait = min([max(0.0, t - time.time()) for t in due] + [self.idle])
+            wait = min([max(0.0, t - self.clock.now()) for t in due] + [self.idle])
             self._wake.wait(wait)
             self._wake.clear()
 

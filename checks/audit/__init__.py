@@ -104,7 +104,7 @@ class AuditCheck(Check):
     def run(self, env: Env) -> Iterable[Result]:
         if env.keeps_state:  # under steward run: in a child process, see checks.audit.child
             return self._in_child(env)
-        findings = audit(Context(env.sysroot, self.options, env.commands))
+        findings = audit(Context(env.sysroot, self.options, env.commands, env.clock))
         return [*(f.result() for f in findings),
                 score_result(findings, self.options.min_score)]
 

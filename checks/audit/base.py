@@ -10,11 +10,12 @@ import glob
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, NamedTuple, Protocol, TypeVar
 
 from agent.model import Result, Status
+from agent.system.clock import Clock
 from agent.system.commands import CommandError, CommandRunner, Completed
 
 if TYPE_CHECKING:
@@ -160,11 +161,13 @@ class Context:
     """How a rule family sees the system: files below ``sysroot``, tools on the host.
 
     ``live`` is true when the sysroot is the running system: only then may a family ask
-    running daemons (firewall-cmd, getenforce, listening sockets)."""
+    running daemons (firewall-cmd, getenforce, listening sockets). ``clock`` says what time
+    it is (what counts as recent in a log)."""
 
     sysroot: Path
     options: AuditOptions
     commands: CommandRunner
+    clock: Clock = field(default_factory=Clock)
 
     @property
     def live(self) -> bool:

@@ -7,7 +7,6 @@ import argparse
 import json
 import socket
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,8 +55,8 @@ def run(args: argparse.Namespace, env: Env, options: Any) -> int:
         if not (sysroot / "etc").is_dir():
             raise UsageError(f"--sysroot {args.sysroot}: no etc/ folder there; give the root "
                              "of a system (where its etc/ and usr/ are)")
-    t0 = time.time()
-    findings = audit(Context(sysroot, options, env.commands))
+    t0, mono = env.clock.now(), env.clock.monotonic()
+    findings = audit(Context(sysroot, options, env.commands, env.clock))
     if args.rule:
         import fnmatch
         findings = [f for f in findings
@@ -70,8 +69,8 @@ def run(args: argparse.Namespace, env: Env, options: Any) -> int:
         results.append(score_result(findings, options.min_score))
     # Drift is kept per audited system, from full audits only (not --rule subsets).
     newly, history = _newly_failing(env.state_dir / LAST, sysroot, results,
-                                    record=not args.rule)
-    report = Report(tuple(results), t0, time.time() - t0)
+                                    record=not args.rule, now=t0)
+    report = Report(tuple(results), t0, env.clock.monotonic() - mono)
     host = socket.gethostname() if sysroot == Path("/") else str(sysroot)
     if args.format == "json":
         doc = json.loads(RENDER["json"](report, host, False))
@@ -95,11 +94,12 @@ def _score(results: list[Any]) -> tuple[float | None, int]:
     return None, len(results)
 
 
-def _newly_failing(path: Path, sysroot: Path, results: list[Any], record: bool
+def _newly_failing(path: Path, sysroot: Path, results: list[Any], record: bool, now: float
                    ) -> tuple[list[str], list[dict[str, Any]]]:
     """Rules failing now that passed (or were not judged) at the last full audit of the same
     system (this machine, or the image at ``sysroot``); the first audit has none. And the
-    score of the last HISTORY full audits, oldest first (this one included when recorded)."""
+    score of the last HISTORY full audits, oldest first (this one, at ``now``, included when
+    recorded)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -107,10 +107,10 @@ def _newly_failing(path: Path, sysroot: Path, results: list[Any], record: bool
     data = data if isinstance(data, dict) else {}
     last = data.get(str(sysroot), {}).get("status") if isinstance(
         data.get(str(sysroot)), dict) else None
-    now = {r.check: r.status.name for r in results if r.check != "audit"}
+    statuses = {r.check: r.status.name for r in results if r.check != "audit"}
     failing = (Status.WARN.name, Status.CRIT.name)
     newly = [] if not isinstance(last, dict) else sorted(
-        rule for rule, status in now.items() if status in failing
+        rule for rule, status in statuses.items() if status in failing
         and last.get(rule) not in failing)
     before = data.get(str(sysroot))
     kept = before.get("history") if isinstance(before, dict) else None
@@ -118,8 +118,8 @@ def _newly_failing(path: Path, sysroot: Path, results: list[Any], record: bool
         if isinstance(kept, list) else []
     if record:
         score, _ = _score(results)
-        history = [*history, {"at": int(time.time()), "score": score}][-HISTORY:]
-        data[str(sysroot)] = {"at": int(time.time()), "status": now, "history": history}
+        history = [*history, {"at": int(now), "score": score}][-HISTORY:]
+        data[str(sysroot)] = {"at": int(now), "status": statuses, "history": history}
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_atomic(path, json.dumps(data, indent=1) + "\n", mode=0o600)

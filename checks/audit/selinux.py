@@ -28,8 +28,8 @@ _AVC = re.compile(r"type=(USER_)?AVC msg=audit\((\d+)(?:\.\d+)?:\d+\):.*?avc:\s+
 _FIELD = re.compile(r'\b(comm|exe|name|path|scontext|tclass|permissive)=("[^"]*"|\S+)')
 
 
-def audit(ctx: Context, now: float | None = None) -> list[Finding]:
-    """``now`` (epoch seconds) bounds the AVC window; the wall clock when not given."""
+def audit(ctx: Context) -> list[Finding]:
+    """The context's clock bounds the AVC window (the last day)."""
     findings: list[Finding] = []
     boot = _boot_mode(ctx, findings)
     findings.extend(_running(ctx, boot))
@@ -39,7 +39,7 @@ def audit(ctx: Context, now: float | None = None) -> list[Finding]:
         findings.append(unknown("selinux.cmdline", "Kernel command line keeps SELinux on", e,
                                 severity=Status.CRIT))
     try:
-        findings.extend(_avc(ctx, time.time() if now is None else now))
+        findings.extend(_avc(ctx, ctx.clock.now()))
     except Unreadable as e:
         findings.append(unknown("selinux.avc", "No recent SELinux denials", e))
     return findings

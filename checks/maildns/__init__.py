@@ -15,7 +15,18 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from agent.config.schema import TEXT, CheckOptions, Parser, listing, number, option, string, table
+from agent.config.schema import (
+    ARGV,
+    TEXT,
+    CheckOptions,
+    Parser,
+    choice,
+    listing,
+    number,
+    option,
+    string,
+    table,
+)
 from agent.env import Env
 from agent.model import Check, Result, Status
 from checks.maildns.lookup import Lookup, split_resolver
@@ -102,6 +113,16 @@ class MailDnsOptions(CheckOptions):
         "matched against the TLSA records too")
     dnssec_expiry_warn: float = option(7.0, number(0, 365), "days: a DNSSEC signature of the "
                                        "zone expiring sooner is a WARN")
+    bind_signing: str = option("auto", choice("auto", "yes", "no"), "read BIND's signing "
+                               "state of the zone with rndc (bind-dnssec): auto when a "
+                               "resolver is this appliance's own BIND serving the domain, yes "
+                               "always (a local named behind another resolver), no never")
+    rndc: tuple[str, ...] = option(("/usr/sbin/rndc",), ARGV, "rndc as an argv list; add "
+                                   "-c/-k/-s/-p to reach another control channel")
+    rndc_timeout: float = option(10.0, number(0.1, 600), "seconds for one rndc call")
+    bind_address: str | None = option(None, RESOLVER, "where the local named answers DNS, to "
+                                      "read the signatures it serves; unset: the loopback "
+                                      "resolver, else 127.0.0.1")
     tls_timeout: float = option(10.0, number(0.1, 600), "seconds for fetching the "
                                 "MTA-STS policy, and for each STARTTLS handshake (DANE)")
     query_timeout: float = option(3.0, number(0.1, 60), "seconds for one DNS query")
@@ -149,8 +170,15 @@ class MailDnsCheck(Check):
             "dane": partial(dane_rules, ctx, o.dane_port, o.tls_timeout,
                             o.dane_next_certs or MappingProxyType({})),
             "tls-rpt": partial(_one, tlsrpt_rule, ctx),
-            "dnssec": partial(_one, dnssec_rule, ctx, o.dnssec_expiry_warn),
+            "dnssec": partial(_one, dnssec_rule, ctx, o.dnssec_expiry_warn, env.clock.now()),
         }
+        if o.bind_signing == "yes" or (o.bind_signing == "auto" and ctx.note):
+            from checks.maildns.bindsign import bind_rule
+
+            jobs["bind-dnssec"] = (
+                lambda: [bind_rule(ctx, env.commands, o.rndc, timeout=o.rndc_timeout,
+                                   address=self._bind_address(lookup),
+                                   warn_days=o.dnssec_expiry_warn, now=env.clock.now())])
         keys, trouble = self.dkim_keys(env)
         for sel in self.selectors(keys):
             jobs[f"dkim:{sel}"] = partial(_one, dkim_rule, ctx, sel, keys.get(sel))
@@ -197,6 +225,13 @@ class MailDnsCheck(Check):
         finally:
             pool.shutdown(wait=False)
         return out
+
+    def _bind_address(self, lookup: Lookup) -> tuple[str, int]:
+        if self.options.bind_address:
+            return split_resolver(self.options.bind_address)
+        loopback = [(h, p) for h, p in lookup.addresses_of_servers
+                    if ipaddress.ip_address(h).is_loopback]
+        return loopback[0] if loopback else ("127.0.0.1", 53)
 
     def selectors(self, keys: Mapping[str, str]) -> list[str]:
         sel = self.options.dkim_selectors

@@ -77,7 +77,7 @@ def _ds_match(domain: str, dnskeys: list[Any], ds: list[Any]) -> list[str]:
     return matched
 
 
-def dnssec_rule(ctx: Ctx, warn_days: float) -> Result:
+def dnssec_rule(ctx: Ctx, warn_days: float, now: float) -> Result:
     import dns.flags
     import dns.rcode
 
@@ -108,7 +108,6 @@ def dnssec_rule(ctx: Ctx, warn_days: float) -> Result:
         except (ValueError, dns.exception.DNSException):
             suggest = ""
     expiry = _sig_expiry([soa, keys_reply] if keys_reply else [soa])
-    now = time.time()
     for what, when in sorted(expiry, key=lambda e: e[1])[:4]:
         details.append(f"{what} expires {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(when))}")
     tlsa = _tlsa_note(ctx)

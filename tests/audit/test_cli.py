@@ -3,6 +3,7 @@ between audits, and the audit as a check in ``steward check``."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from agent.system.commands import CommandRunner
 from checks.audit import audit, score, score_result
 from checks.audit.base import Context, Finding
 from checks.audit.options import AuditOptions
+from tests.clocks import DAY, FakeClock
 from tests.conftest import run_steward
 
 
@@ -67,6 +69,32 @@ def test_a_rule_newly_failing_since_the_last_audit_is_named(tmp_path):
     assert "newly failing since the last audit: audit:selinux.mode" in second.stdout
     third = json.loads(_audit(tmp_path, root, "--format", "json").stdout)
     assert third["audit"]["newly_failing"] == []  # still failing, no longer new
+
+
+def test_the_audit_and_its_score_history_are_dated_by_the_clock(tmp_path, capsys):
+    from agent.config import Config
+    from agent.env import Env
+    from checks.audit import cli
+
+    root = _system(tmp_path / "root")
+    clock = FakeClock(1_700_000_000.0)  # 2023-11-14 22:13:20 UTC
+    env = Env(Config("<test>"), state_dir=tmp_path / "state", clock=clock)
+    args = argparse.Namespace(sysroot=root, rule=[], format="json")
+
+    def audit_now() -> dict:
+        cli.run(args, env, AuditOptions())
+        return json.loads(capsys.readouterr().out)
+
+    first = audit_now()
+    assert first["started"].startswith("2023-11-14T22:13:20")
+    assert [h["at"] for h in first["audit"]["history"]] == [1_700_000_000]
+    clock.advance(days=1)
+    second = audit_now()
+    assert second["started"].startswith("2023-11-15T22:13:20")
+    assert [h["at"] for h in second["audit"]["history"]] == [1_700_000_000,
+                                                             1_700_000_000 + int(DAY)]
+    kept = json.loads((tmp_path / "state" / "audit.json").read_text())
+    assert kept[str(root)]["at"] == 1_700_000_000 + int(DAY)
 
 
 @pytest.mark.parametrize(("args", "says"), [

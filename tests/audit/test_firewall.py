@@ -347,7 +347,7 @@ def test_running_firewalld_is_read_through_firewall_cmd_and_judged_as_its_files(
     root, pid = running_firewalld
     options = replace(AuditOptions(), admin_sources=("192.0.2.0/24",))
     files = Context(root, options, CommandRunner())
-    live = LiveWithUnits(Path("/"), options, InNamespaces(pid), files.enabled_units())
+    live = LiveWithUnits(Path("/"), options, InNamespaces(pid), units=files.enabled_units())
     live_found = by_rule(firewall.audit(live))
     assert live_found["firewall.running"].status is Status.OK
     assert live_found["firewall.open.public"].source == "firewall-cmd --zone=public --list-all"

@@ -17,6 +17,7 @@ from agent.system.commands import CommandRunner
 from checks.audit import selinux
 from checks.audit.base import Context, Finding
 from checks.audit.options import AuditOptions
+from tests.clocks import FakeClock
 
 EL9_CONFIG = """\
 # This file controls the state of SELinux on the system.
@@ -53,8 +54,10 @@ class WithoutAusearch(Context):
         return None if name == "ausearch" else super().tool(name)
 
 
-def context(root: Path, cls: type[Context] = Context) -> Context:
-    return cls(root, AuditOptions(), CommandRunner())
+def context(root: Path, cls: type[Context] = Context, now: float | None = None) -> Context:
+    """``now``: where the clock stands (the real time when not given)."""
+    return cls(root, AuditOptions(), CommandRunner(), FakeClock(time.time() if now is None
+                                                               else now))
 
 
 def write(root: Path, path: str, text: str) -> Path:
@@ -186,7 +189,7 @@ def test_recent_denials_are_summarised_per_source_domain(tmp_path: Path,
         pytest.skip("ausearch is not installed (apt-get install -y auditd)")
     now = time.time()
     write(el9(tmp_path), selinux.AUDIT_LOG, avc_log(now))
-    found = by_rule(selinux.audit(context(tmp_path, cls), now=now))
+    found = by_rule(selinux.audit(context(tmp_path, cls, now)))
     assert "selinux.avc" not in found
     httpd = found["selinux.avc.httpd_t"]
     assert httpd.status is Status.WARN
@@ -209,7 +212,7 @@ def test_denials_older_than_a_day_leave_the_rule_passing(tmp_path: Path,
                                                         cls: type[Context]) -> None:
     now = time.time()
     write(el9(tmp_path), selinux.AUDIT_LOG, avc_log(now - 2 * 86400))
-    found = by_rule(selinux.audit(context(tmp_path, cls), now=now))
+    found = by_rule(selinux.audit(context(tmp_path, cls, now)))
     assert found["selinux.avc"].status is Status.OK
     assert not [r for r in found if r.startswith("selinux.avc.")]
 

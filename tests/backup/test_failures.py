@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backup import create
+from backup import create, writer
 from backup.archive import KEEPS_NOT
 from backup.options import BackupOptions
 from tests.backup.conftest import backup, generations, root_loop, write_config
@@ -147,7 +147,7 @@ def test_a_drive_that_does_not_keep_what_it_is_given_is_a_failure(
     are not, zstd checks the device's bytes against its content checksums."""
     src = tmp_path / "src"
     _files(src, 3, 2**20, random=True)
-    read_back = create.read_back
+    read_back = writer.read_back
 
     def between_fsync_and_read_back(path: str, fd: int) -> tuple[str, int]:
         os.fsync(fd)
@@ -157,7 +157,7 @@ def test_a_drive_that_does_not_keep_what_it_is_given_is_a_failure(
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         return read_back(path, fd)
 
-    monkeypatch.setattr(create, "read_back", between_fsync_and_read_back)
+    monkeypatch.setattr(writer, "read_back", between_fsync_and_read_back)
     with loop_fs("ext4", 64, tmp_path) as tgt:
         image = tmp_path / "ext4-0.img"
         run = functools.partial(create.create, str(src), tgt, BackupOptions(),

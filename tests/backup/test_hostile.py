@@ -209,3 +209,20 @@ def test_a_segment_not_in_stewards_format_is_refused_from_that_header_on(
     assert "refused the rest of segments/0001.tar.zst: tar header at byte 1024 fails its " \
         "checksum" in r.stderr, r.stderr
     assert (to / "etc/first").read_text() == "posix\n" and not (to / "etc/second").exists()
+
+
+@pytest.mark.parametrize(("damage", "why"), [
+    (b"[" * 100_000, "nested too deep"),
+    (b'{"format": 1, "pad": "' + b"x" * (17 << 20) + b'"}', "larger than 16777216 bytes"),
+    (b"\xff\xfe", "not UTF-8 text"),
+], ids=["nested", "oversize", "not-utf8"])
+def test_a_hostile_manifest_is_a_clear_error(tmp_path: Path, target: Path, damage: bytes,
+                                             why: str) -> None:
+    gen = _generation(tmp_path, target)
+    (gen / "manifest.json").write_bytes(damage)
+    r = backup("restore-file", gen.name, "/etc/ok", "--to", str(tmp_path / "to"), "--target",
+               str(target))
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"generation {gen.name}: manifest.json unreadable: {why}" in r.stderr, r.stderr
+    assert not (tmp_path / "to").exists()
+    shutil.rmtree(gen)

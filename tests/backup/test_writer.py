@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from backup import archive, create
+from backup import archive, create, writer
 from backup.options import BackupOptions
 from backup.plan import ENTRY_COST, Segment
 from backup.walk import Entry
@@ -30,7 +30,7 @@ def test_compressors_never_exceed_jobs_while_another_archive_is_read_back(
         (source / f"big{n}").write_bytes(b"steward " * (4 << 20) + bytes([n]))
     lock = threading.Lock()
     active, peak, seen_by_read_back = [0], [0], []
-    run, read_back = archive.Pipeline.run, create.read_back
+    run, read_back = archive.Pipeline.run, writer.read_back
 
     def counted_run(self: archive.Pipeline, fd: int) -> list[str]:
         with lock:
@@ -44,13 +44,18 @@ def test_compressors_never_exceed_jobs_while_another_archive_is_read_back(
                 active[0] -= 1
 
     def watched_read_back(path: str, fd: int) -> tuple[str, int]:
-        time.sleep(0.1)  # the next compression has taken the freed slot by now
+        deadline = time.monotonic() + 3  # the next compression takes the freed slot (a
+        while time.monotonic() < deadline:  # loaded machine may take a while to start it)
+            with lock:
+                if active[0] >= 2:
+                    break
+            time.sleep(0.01)
         with lock:
             seen_by_read_back.append(active[0])
         return read_back(path, fd)
 
     monkeypatch.setattr(archive.Pipeline, "run", counted_run)
-    monkeypatch.setattr(create, "read_back", watched_read_back)
+    monkeypatch.setattr(writer, "read_back", watched_read_back)
     out = create.create(str(source), target, BackupOptions(jobs=2), stream=io.StringIO(),
                         say=lambda _: None)
     assert out.manifest["totals"]["written"] > 0
@@ -83,10 +88,10 @@ def test_the_walk_is_given_back_when_the_backup_ends(
     for n in range(50):
         (source / "d" / f"f{n}").write_text(f"{n}\n")
     os.link(source / "d" / "f0", source / "d" / "again")  # a segment held to the end too
-    plans: list[weakref.ref[create.Plan]] = []
+    plans: list[weakref.ref[writer.Plan]] = []
     make_plan = create.make_plan
 
-    def kept(*args: Any, **kwargs: Any) -> create.Plan:
+    def kept(*args: Any, **kwargs: Any) -> writer.Plan:
         plan = make_plan(*args, **kwargs)
         plans.append(weakref.ref(plan))
         return plan

@@ -15,6 +15,7 @@ from agent.config import Config
 from agent.env import Env
 from agent.model import Status
 from checks.certrenew import CertRenewCheck, CertRenewOptions
+from tests.clocks import FakeClock
 from tests.mailserver import make_ca
 from tests.tlsservers import WebServer, issue_cert
 
@@ -24,9 +25,11 @@ def certs(tmp_path_factory):
     d = tmp_path_factory.mktemp("certs")
     ca, _, _ = make_ca(d / "ca")
     old = issue_cert(ca, 60, "old")
+    oldsoon = issue_cert(ca, 3, "oldsoon")
     time.sleep(1.1)  # notBefore has a resolution of a second
     new = issue_cert(ca, 90, "new")
-    return {"ca": ca, "old": old, "new": new, "soon": issue_cert(ca, 10, "soon"),
+    return {"ca": ca, "old": old, "oldsoon": oldsoon, "new": new,
+            "soon": issue_cert(ca, 10, "soon"),
             "verysoon": issue_cert(ca, 3, "verysoon")}
 
 
@@ -46,24 +49,29 @@ def tree(tmp_path, lineages: dict, cron: bool = True):
     return root
 
 
-def run(root, **kw) -> dict:
-    env = Env(Config("<test>"), sysroot=root)
+def run(root, clock=None, **kw) -> dict:
+    env = Env(Config("<test>"), sysroot=root, **({"clock": clock} if clock else {}))
     [check] = CertRenewCheck.instances(CertRenewOptions(**kw), env)
     return {r.check: r for r in check.run(env)}
 
 
-def test_daemon_not_reloaded_after_renewal_is_critical(tmp_path, certs):
+def test_daemon_not_reloaded_after_renewal(tmp_path, certs):
     root = tree(tmp_path, {"mail": certs["new"][0]})
     with WebServer({}, cert=certs["old"][0], key=certs["old"][1]) as stale, \
+            WebServer({}, cert=certs["oldsoon"][0], key=certs["oldsoon"][1]) as expiring, \
             WebServer({}, cert=certs["new"][0], key=certs["new"][1]) as fresh:
-        r = run(root, served={"mail": [f"localhost:{stale.port}", f"localhost:{fresh.port}"]})
+        r = run(root, served={"mail": [f"localhost:{stale.port}", f"localhost:{fresh.port}",
+                                       f"localhost:{expiring.port}"]})
     assert r["certrenew:renewer"].status is Status.OK
     assert "/etc/cron.d/certbot" in r["certrenew:renewer"].summary
     assert r["certrenew:mail"].status is Status.OK and "valid 90 more days" in \
         r["certrenew:mail"].summary
     bad = r[f"certrenew:mail:localhost:{stale.port}"]
-    assert bad.status is Status.CRIT and "the daemon was not reloaded" in bad.summary, bad
-    assert "renew_hook" in bad.remedy
+    assert bad.status is Status.WARN and "reload the daemon" in bad.summary, bad
+    assert "60 days left" in bad.summary and "renew_hook" in bad.remedy
+    # the certificate it still serves is about to expire: CRIT
+    worse = r[f"certrenew:mail:localhost:{expiring.port}"]
+    assert worse.status is Status.CRIT and "3 days left" in worse.summary, worse
     good = r[f"certrenew:mail:localhost:{fresh.port}"]
     assert good.status is Status.OK and "serves the certificate on disk" in good.summary
 
@@ -81,6 +89,21 @@ def test_failing_renewal_and_nothing_renewing(tmp_path, certs):
 
 def test_no_certbot_yields_nothing(tmp_path):
     assert run(tmp_path) == {}
+
+
+LIMITS = {"renew_warn_days": 5, "renew_crit_days": 1}
+
+
+def test_days_left_on_disk_are_counted_from_the_clock(tmp_path, certs):
+    """The same certificate, 10 days from expiry: OK with 5 days' warning; with the clock
+    8 days on, WARN; 9.5 days on, CRIT."""
+    root = tree(tmp_path, {"mail": certs["soon"][0]})
+    clock = FakeClock(time.time())  # the certificate's dates are real ones
+    today = run(root, clock, **LIMITS)["certrenew:mail"]
+    assert today.status is Status.OK and today.summary == "lineage mail: valid 10 more days"
+    later = run(root, clock.advance(days=8), **LIMITS)["certrenew:mail"]
+    assert later.status is Status.WARN and "expires in 2 days" in later.summary, later
+    assert run(root, clock.advance(days=1.5), **LIMITS)["certrenew:mail"].status is Status.CRIT
 
 
 # --- httpd's mod_md ------------------------------------------------------------------------
@@ -160,7 +183,7 @@ def test_mod_md_domains_are_judged_from_config_and_store(tmp_path, certs):
     assert "MDomain good.test www.good.test" in good.details
     assert "MDCertificateAgreement accepted" in good.details
     served = r[f"certrenew:md:good.test:localhost:{stale.port}"]
-    assert served.status is Status.CRIT and "the daemon was not reloaded" in served.summary
+    assert served.status is Status.WARN and "reload the daemon" in served.summary
     assert "MDNotifyCmd" in served.remedy
     failing = r["certrenew:md:failing.test"]
     assert failing.status is Status.WARN and failing.summary == (
@@ -174,6 +197,27 @@ def test_mod_md_domains_are_judged_from_config_and_store(tmp_path, certs):
     assert "renewal is failing" in r["certrenew:md:soon.test"].summary
     fresh = r["certrenew:md:fresh.test"]
     assert fresh.status is Status.WARN and "configured but not in md's store" in fresh.summary
+
+
+def test_mod_md_days_left_and_staging_wait_are_counted_from_the_clock(tmp_path, certs):
+    clock = FakeClock(time.time())
+    root = httpd_tree(tmp_path, certs, "MDCertificateAgreement accepted\nMDomain soon.test\n"
+                      "MDomain staged.test\n", {
+                          "soon.test": (2, "soon", None),
+                          "staged.test": (2, "new", job_json("staged.test", finished=True,
+                                                             last_run=clock.now() - 600))})
+    today = run(root, clock, **LIMITS)
+    assert today["certrenew:md:soon.test"].status is Status.OK
+    assert today["certrenew:md:soon.test"].summary == \
+        "mod_md domain soon.test: complete, valid 10 more days"
+    assert today["certrenew:md:staged.test"].status is Status.OK  # waited 10 minutes
+    later = run(root, clock.advance(days=8), **LIMITS)
+    soon = later["certrenew:md:soon.test"]
+    assert soon.status is Status.WARN and "expires in 2 days" in soon.summary, soon
+    staged = later["certrenew:md:staged.test"]
+    assert staged.status is Status.WARN and "waited 192 h in staging" in staged.summary, staged
+    assert run(root, clock.advance(days=1.5), **LIMITS)["certrenew:md:soon.test"].status is \
+        Status.CRIT
 
 
 def test_mod_md_without_the_terms_agreed_is_critical(tmp_path, certs):

@@ -425,11 +425,14 @@ def test_only_and_skip_take_a_result_id_on_the_command_line(bed, tmp_path):
     def ids(*args):
         proc = run_steward("check", "--config", str(conf), "--state-dir", str(tmp_path / "s"),
                            "--format", "json", *args)
-        assert proc.returncode in (0, 1, 2) and proc.stdout, proc.stderr
+        # 3 (UNKNOWN): the resolver is a named on loopback serving the zones, so its signing
+        # state is read with rndc (bind-dnssec), whose default control channel is not there
+        assert proc.returncode in (0, 1, 2, 3) and proc.stdout, proc.stderr
         return sorted(r["check"] for r in json.loads(proc.stdout)["results"])
 
     assert ids("--only", "maildns:good.test:spf") == ["maildns:good.test:spf"]
     assert ids("--only", "maildns:*:mx") == ["maildns:bad.test:mx", "maildns:good.test:mx"]
     kept = ids("--only", "maildns:good.test", "--skip", "maildns:good.test:spf")
     assert "maildns:good.test:mx" in kept and "maildns:good.test:dmarc" in kept
+    assert "maildns:good.test:bind-dnssec" in kept
     assert "maildns:good.test:spf" not in kept

@@ -10,9 +10,9 @@ import os
 import shutil
 import socket
 import socketserver
-import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,9 +20,10 @@ from agent.config import Config
 from agent.env import Env
 from agent.model import Status
 from checks.milters import MilterCheck, MilterOptions, parse_milters
+from tests import opendkimbed
 from tests.netutil import free_port
 
-OPENDKIM = shutil.which("opendkim", path="/usr/sbin:/usr/bin")
+OPENDKIM = opendkimbed.OPENDKIM
 pytestmark = pytest.mark.skipif(
     OPENDKIM is None or shutil.which("postconf", path="/usr/sbin:/usr/bin") is None,
     reason="needs opendkim, opendkim-tools and postfix (apt-get install opendkim "
@@ -31,38 +32,9 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def opendkim(tmp_path_factory):
-    d = tmp_path_factory.mktemp("opendkim")
-    subprocess.run(["opendkim-genkey", "-b", "1024", "-d", "example.test", "-s", "s1",
-                    "-D", str(d)], check=True, capture_output=True, timeout=60)
-    (d / "KeyTable").write_text(f"s1._domainkey.example.test example.test:s1:{d}/s1.private\n")
-    (d / "SigningTable").write_text("*@example.test s1._domainkey.example.test\n")
     port = free_port()
-    (d / "opendkim.conf").write_text(f"""Syslog no
-Mode sv
-Socket inet:{port}@127.0.0.1
-PidFile {d}/opendkim.pid
-KeyTable {d}/KeyTable
-SigningTable refile:{d}/SigningTable
-Background no
-""")
-    proc = subprocess.Popen([OPENDKIM, "-f", "-x", str(d / "opendkim.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("opendkim did not start: "
-                                       + proc.stderr.read().decode(errors="replace")) from None
-                time.sleep(0.05)
+    with opendkimbed.opendkim(tmp_path_factory.mktemp("opendkim"), f"inet:{port}@127.0.0.1"):
         yield port
-    finally:
-        proc.kill()  # it lingers 5 s on SIGTERM; it holds nothing worth a clean stop
-        proc.wait(timeout=10)
-        proc.stderr.close()
 
 
 @pytest.fixture
@@ -100,9 +72,14 @@ def postfix_dir(tmp_path, smtpd: str, non_smtpd: str = "$smtpd_milters",
 
 
 def run(config_dir: str) -> dict:
+    """The check on ``config_dir`` alone: an empty system tree, so that this machine's own
+    /etc/opendkim.conf or /etc/rspamd (the packages the tests install) add nothing."""
     options = MilterOptions(postfix_config_dir=config_dir, connect_timeout=2.0)
-    [check] = MilterCheck.instances(options, Env(Config("<test>")))
-    return {r.check: r for r in check.run(Env(Config("<test>")))}
+    root = Path(config_dir).parent / "empty-root"
+    root.mkdir(exist_ok=True)
+    env = Env(Config("<test>"), sysroot=root)
+    [check] = MilterCheck.instances(options, env)
+    return {r.check: r for r in check.run(env)}
 
 
 def test_parse_milters():

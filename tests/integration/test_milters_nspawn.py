@@ -8,16 +8,15 @@ not (slow, root)."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import textwrap
 import time
 
 import pytest
 
+from tests import opendkimbed
 from tests.integration.nspawn import nspawn_available
 
-OPENDKIM = shutil.which("opendkim", path="/usr/sbin:/usr/bin")
+OPENDKIM = opendkimbed.OPENDKIM
 pytestmark = [
     pytest.mark.slow, pytest.mark.root,
     pytest.mark.skipif(nspawn_available() is not None, reason=nspawn_available() or "-"),
@@ -56,44 +55,20 @@ def box(tmp_path_factory):
     d = tmp_path_factory.mktemp("opendkim")
     sock = d / "sock"
     sock.mkdir(mode=0o755)
-    subprocess.run(["opendkim-genkey", "-b", "1024", "-d", "example.test", "-s", "s1",
-                    "-D", str(d)], check=True, capture_output=True, timeout=60)
-    (d / "KeyTable").write_text(f"s1._domainkey.example.test example.test:s1:{d}/s1.private\n")
-    (d / "SigningTable").write_text("*@example.test s1._domainkey.example.test\n")
-    (d / "opendkim.conf").write_text(f"""Syslog no
-Mode sv
-Socket local:{sock}/opendkim.sock
-UMask 000
-# the key lives under /tmp: world-writable parents would make OpenDKIM refuse to sign
-RequireSafeKeys false
-PidFile {d}/opendkim.pid
-KeyTable {d}/KeyTable
-SigningTable refile:{d}/SigningTable
-Background no
-""")
-    proc = subprocess.Popen([OPENDKIM, "-f", "-x", str(d / "opendkim.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while not (sock / "opendkim.sock").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, \
-                proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            time.sleep(0.05)
-        with Container(build_rootfs(),
-                       binds={str(sock): "/var/spool/postfix/opendkim"}) as c:
-            c.run(["mkdir", "-p", "/var/spool/postfix/dead"])
-            c.run(["python3", "-c", DEAD])  # a socket file nobody listens on
-            c.run(["postconf", "-e", "smtpd_milters=unix:/opendkim/opendkim.sock, "
-                   "unix:/dead/dead.sock", "non_smtpd_milters=$smtpd_milters",
-                   "milter_default_action=tempfail"])
-            c.run(["postfix", "reload"])
-            install(c)
-            c.write_file("/usr/local/lib/steward-milter.py", INSIDE)
-            c.write_file("/usr/local/lib/send.py", SEND)
-            yield c
-    finally:
-        proc.kill()  # it lingers 5 s on SIGTERM
-        proc.wait(timeout=10)
+    # the key lives under /tmp: world-writable parents would make OpenDKIM refuse to sign
+    with opendkimbed.opendkim(d, f"local:{sock}/opendkim.sock",
+                              extra="UMask 000\nRequireSafeKeys false\n"), \
+            Container(build_rootfs(), binds={str(sock): "/var/spool/postfix/opendkim"}) as c:
+        c.run(["mkdir", "-p", "/var/spool/postfix/dead"])
+        c.run(["python3", "-c", DEAD])  # a socket file nobody listens on
+        c.run(["postconf", "-e", "smtpd_milters=unix:/opendkim/opendkim.sock, "
+               "unix:/dead/dead.sock", "non_smtpd_milters=$smtpd_milters",
+               "milter_default_action=tempfail"])
+        c.run(["postfix", "reload"])
+        install(c)
+        c.write_file("/usr/local/lib/steward-milter.py", INSIDE)
+        c.write_file("/usr/local/lib/send.py", SEND)
+        yield c
 
 
 def inside(box, script: str) -> str:

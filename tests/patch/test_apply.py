@@ -4,6 +4,7 @@ the pre-patch backup. The host's own steps (maintenance, reboot) are in test_app
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -13,10 +14,12 @@ from datetime import datetime, timezone
 
 import pytest
 
+from tests.conftest import run_steward
 from tests.mailserver import MailServer
 from tests.netutil import free_port
 from tests.patch.applybed import UNDO, apply, head, versions
 from tests.patch.repo import Bed
+from tests.schemas import validate
 
 pytestmark = pytest.mark.root
 
@@ -170,6 +173,19 @@ def test_health_worse_after_the_patch_is_crit_with_the_exact_undo_command(bed, t
     undo = UNDO.format(root=bed.root, tid=2)
     assert f"Rollback: {undo}\n  not run (--rollback-on-failure not given)" in proc.stdout
     assert versions(bed, "cryptopol") == ("1.1-1",)
+    # What the Cockpit page shows: health before and after, and the check that got worse.
+    rep = patch_last(tmp_path)["report"]
+    assert rep["status"] == "CRIT" and rep["headline"] == head(proc)
+    assert rep["health"]["worse"] == [{"check": "audit:system.crypto_policy", "before": "OK",
+                                       "after": "WARN", "summary": rep["health"]["worse"][0][
+                                           "summary"]}]
+    assert "not LEGACY" in rep["health"]["worse"][0]["summary"]
+    before, after = rep["health"]["before"], rep["health"]["after"]
+    assert before["counts"] in proc.stdout and after["counts"] in proc.stdout
+    assert after["checks"] == before["checks"] > 0
+    assert {p["name"] for p in rep["packages"]} >= {"cryptopol"}
+    assert rep["rollback"]["command"] == undo and rep["rollback"]["ran"] is False
+    assert rep["text"] in proc.stdout  # the report as printed (and mailed)
     # the command works as printed (a person answers dnf's question)
     done = subprocess.run(shlex.split(undo), input="y\n", capture_output=True, text=True,
                           timeout=120, check=False)
@@ -188,6 +204,30 @@ def test_rollback_on_failure_restores_the_old_version_and_health(bed, tmp_path):
         in proc.stdout
     assert "  health after the rollback: 3 OK, 2 CRIT: recovered" in proc.stdout
     assert "Reboot: not done: the transaction was rolled back" in proc.stdout
+    rep = patch_last(tmp_path)["report"]
+    assert rep["rollback"]["ran"] is True and rep["rollback"]["recovered"] is True
+    assert rep["reboot"] == "not done: the transaction was rolled back"
+
+
+def patch_last(tmp_path) -> dict:
+    """``steward patch last --format json`` after apply(), validated against its schema."""
+    r = run_steward("patch", "last", "--format", "json", "--state-dir", str(tmp_path / "state"))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    validate(doc, "patch-last.schema.json")
+    return dict(doc)
+
+
+def test_patch_last_before_any_run_and_with_a_bad_report_file(tmp_path):
+    state = tmp_path / "state"
+    assert patch_last(tmp_path)["report"] is None
+    text = run_steward("patch", "last", "--state-dir", str(state))
+    assert text.returncode == 0 and "no patch run has reported" in text.stdout
+    (state / "patch").mkdir(parents=True)
+    (state / "patch" / "last-report.json").write_text('{"status": "OK"}\n')
+    r = run_steward("patch", "last", "--format", "json", "--state-dir", str(state))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{state}/patch/last-report.json: not a patch report (no headline" in r.stderr
 
 
 # --- the report mail ----------------------------------------------------------------------

@@ -16,8 +16,8 @@ import pytest
 from agent.config import from_tables, tomllib
 from agent.config.schema import CheckOptions
 from agent.env import Env
+from agent.memory import Maintenance
 from agent.model import Check, Result, Status
-from agent.policy import Maintenance
 from agent.registry import Registry
 from agent.runner import resolve
 from agent.state import StateDir
@@ -60,7 +60,8 @@ def patcher(bed: Bed, tmp_path: Path, extra: str = "", probe: bool = False,
     env = resolve(registry, Env(config, state_dir=tmp_path / "state"))
     stdout = io.StringIO()
     return Patcher(env, registry, Dnf(CommandRunner(), bed.root, timeout=120), host="testhost",
-                   report=lambda out: publish(out, env.config, env.state_dir, stream=stdout),
+                   report=lambda out: publish(out, env.config, env.state_dir, clock=env.clock,
+                                              stream=stdout),
                    sleep=lambda s: None), stdout
 
 
@@ -119,7 +120,7 @@ def test_a_failing_reboot_command_is_reported_and_not_retried_in_the_window(bed,
     assert settled["state"] == "failed"
     assert not (tmp_path / "state/patch/reboot.json").exists()
     assert "already requested" in guard(tmp_path / "state", now + 60)
-    assert after_reboot(tmp_path / "state") is None  # said already, not again at start
+    assert after_reboot(tmp_path / "state", now + 60) is None  # said already, not again
 
 
 def test_policy_never_does_not_reboot_and_reports_the_reboot_pending(bed, tmp_path):

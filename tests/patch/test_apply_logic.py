@@ -105,7 +105,7 @@ def test_after_reboot_in_the_same_boot_waits_then_says_it_did_not_happen(tmp_pat
 
 
 def test_after_reboot_without_a_marker_has_nothing_to_say(tmp_path):
-    assert after_reboot(tmp_path) is None
+    assert after_reboot(tmp_path, 1.0e9) is None
 
 
 def test_the_marker_holds_this_boots_id_by_default(tmp_path):
@@ -234,7 +234,7 @@ def test_the_report_says_everything_in_text_and_escaped_html():
     out.worse = tuple(worse(out.health_before, out.health_after))
     out.rollback = Rollback("dnf history undo 7", ran=True, transaction=tx("openssl"),
                             health=health(a=Status.OK))
-    subject, text, html = render(out, None)
+    subject, text, html = render(out, None, now=2000.0)
     assert subject == "[steward] mail1: patch FAILED: health worse after patching (a); " \
                       "rolled back, health recovered; reboot pending"
     for line in ("Mode: all, excluding kernel*",
@@ -253,10 +253,46 @@ def test_the_report_says_everything_in_text_and_escaped_html():
     assert "openssl &amp; friends" in html and "(pid 42: &lt;dnf&gt;)" in html
     assert "#c62828" in html  # CRIT
     # [notify.email] language = "ja": the same report in Japanese, values untouched.
-    ja_subject, ja_text, ja_html = render(out, None, "ja")
+    ja_subject, ja_text, ja_html = render(out, None, "ja", now=2000.0)
     assert ja_subject.startswith("[steward] mail1: パッチ適用の結果: patch FAILED")
     for line in ("モード: all、除外 kernel*", "  postfix.service: 正常, active (running)",
                  "適用前の状態: 1 OK (0.1 s)", "適用後の状態: 1 WARN (0.1 s)",
                  "ロールバック: dnf history undo 7", "所要時間: 1 min 15 s"):
         assert line + "\n" in ja_text, line
     assert "openssl &amp; friends" in ja_html and "パッチ適用前後の状態" in ja_html
+
+
+def test_the_report_is_kept_as_json_with_health_before_and_after(tmp_path):
+    """patch/last-report.json, as patch.report.publish writes it (here without mail), and
+    ``patch last``'s reading of it: the document the Cockpit page shows."""
+    import io
+
+    from patch import lastreport
+    from patch.report import publish
+    from tests.clocks import FakeClock
+    from tests.schemas import validate
+
+    out = Outcome("mail1", 1000.0, "security", finished=1075.0, history_read=True,
+                  transaction=tx("openssl"), reboot=decide("never", ["glibc"]))
+    out.health_before = health(a=Status.OK, b=Status.WARN)
+    out.health_after = health(a=Status.CRIT, b=Status.OK)
+    out.worse = tuple(worse(out.health_before, out.health_after))
+    out.better = tuple(better(out.health_before, out.health_after))
+    printed = io.StringIO()
+    publish(out, Config("<test>"), tmp_path, clock=FakeClock(1080.0), stream=printed)
+    doc = lastreport.read(tmp_path)
+    validate(doc, "patch-last.schema.json")
+    rep = doc["report"]
+    assert (rep["status"], rep["started"], rep["finished"], rep["duration_s"]) == (
+        "CRIT", "1970-01-01T00:16:40Z", "1970-01-01T00:17:55Z", 75.0)
+    assert rep["health"]["before"] == {"status": "WARN", "counts": "1 OK, 1 WARN",
+                                       "seconds": 0.1, "checks": 2}
+    assert rep["health"]["after"]["status"] == "CRIT"
+    assert rep["health"]["worse"] == [{"check": "a", "before": "OK", "after": "CRIT",
+                                       "summary": "a CRIT"}]
+    assert rep["health"]["better"] == [{"check": "b", "before": "WARN", "after": "OK",
+                                        "summary": "b OK"}]
+    assert rep["packages"] == [{"name": "openssl", "arch": "noarch", "action": "upgrade",
+                                "from": "1.0-1", "to": "1.1-1"}]
+    assert rep["text"] and printed.getvalue().startswith(rep["text"])
+    assert lastreport.text(doc) == rep["text"]

@@ -282,8 +282,8 @@ def test_needs_restarting_missing_falls_back_to_install_times(tmp_path, monkeypa
                     (2, "glibc\t1000\nsystemd\t3000\n", "package kernel is not installed\n"))
     (tmp_path / "etc/dnf/plugins/needs-restarting.d").mkdir(parents=True)
     (tmp_path / "etc/dnf/plugins/needs-restarting.d/mail.conf").write_text("openssl-libs\n")
-    monkeypatch.setattr("patch.reboot.boot_time", lambda: 2000.0)
-    hint = Dnf(runner, tmp_path).reboot_hint()
+    monkeypatch.setattr("patch.reboot.boot_time", lambda now: now - 1000.0)
+    hint = Dnf(runner, tmp_path).reboot_hint(3000.0)  # booted at 2000
     assert (hint.needed, hint.packages, hint.source) == (True, ("systemd",), "installtime")
     rpm = runner.calls[1]
     assert rpm[:4] == ["rpm", "-q", "--qf", "%{NAME}\t%{INSTALLTIME}\n"]

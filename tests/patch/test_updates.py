@@ -19,7 +19,9 @@ from checks.updates import UpdatesCheck, UpdatesOptions
 from patch import cli
 from patch.dnfparse import Advisory, Update
 from patch.pending import Pending
+from tests.clocks import FakeClock
 from tests.patch.repo import SECURITY_ISSUED, Bed
+from tests.schemas import validate
 
 DAY = 86400.0
 
@@ -129,6 +131,7 @@ def test_patch_check_json_security_only_and_nothing_pending(bed: Bed, capsys):
     args = parse("--installroot", str(bed.root), "--security", "--format", "json")
     assert cli.run(args, env) == cli.PENDING
     doc = json.loads(capsys.readouterr().out)
+    validate(doc, "patch-check.schema.json")
     assert [u["name"] for u in doc["updates"]] == ["hello-appl"]
     assert doc["updates"][0]["advisories"] == ["RLSA-2025:0001"]
     assert doc["advisories"][0]["cves"] == ["CVE-2025-0001"] and doc["security"] == 1
@@ -171,7 +174,9 @@ def _wired() -> bool:
 def test_steward_patch_check_on_the_command_line(bed: Bed, steward):
     done = steward("patch", "check", "--installroot", str(bed.root), "--format", "json")
     assert done.returncode == cli.PENDING, done.stderr
-    assert json.loads(done.stdout)["all"] == 2
+    doc = json.loads(done.stdout)
+    validate(doc, "patch-check.schema.json")  # what the Cockpit page reads
+    assert doc["all"] == 2
     done = steward("patch", "check", "--installroot", str(bed.root / "nope"))
     assert done.returncode == 2 and "not a directory" in done.stderr
 
@@ -179,7 +184,6 @@ def test_steward_patch_check_on_the_command_line(bed: Bed, steward):
 def test_a_one_shot_check_judges_the_daemons_fresh_look_without_running_dnf(tmp_path):
     """Nagios runs steward check every few minutes: dnf (slow, refreshing metadata) is asked
     only when the daemon's last look is older than the interval."""
-    from agent.system.clock import Clock
     from patch.pending import write_state
 
     state = tmp_path / "state"
@@ -187,17 +191,10 @@ def test_a_one_shot_check_judges_the_daemons_fresh_look_without_running_dnf(tmp_
     write_state(state, Pending(look.updates, look.advisories, 1.0e9 + 3 * DAY))
     no_dnf = CommandRunner({"PATH": str(tmp_path)})  # any dnf call would be "not installed"
 
-    class At(Clock):
-        def __init__(self, t: float) -> None:
-            self.t = t
-
-        def now(self) -> float:
-            return self.t
-
     fresh = Env(Config("<test>"), commands=no_dnf, state_dir=state,
-                clock=At(1.0e9 + 3 * DAY + 3600))
+                clock=FakeClock(1.0e9 + 3 * DAY + 3600))
     [r] = check().run(fresh)
     assert r.summary == "2 security updates pending (3 in all), oldest advisory 3 days"
     stale = Env(Config("<test>"), commands=no_dnf, state_dir=state,
-                clock=At(1.0e9 + 4 * DAY))  # older than the 6 h interval: dnf is asked
+                clock=FakeClock(1.0e9 + 4 * DAY))  # older than the 6 h interval: dnf is asked
     assert list(check().run(stale)) == []

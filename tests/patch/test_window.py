@@ -21,6 +21,7 @@ from agent.calendar import parse_schedule
 from agent.config.schema import build
 from agent.system.commands import CommandError, Completed
 from patch.options import PatchOptions
+from tests.clocks import FakeClock
 from tests.conftest import REPO
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -35,16 +36,6 @@ def berlin(*args: int) -> datetime:
 
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
-
-
-class FakeClock:
-    """The wall clock, moved by the test: ``at`` is an aware datetime."""
-
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def now(self) -> float:
-        return self.at.timestamp()
 
 
 class FakeRunner:
@@ -155,6 +146,20 @@ def test_the_window_starts_the_apply_at_the_right_local_time(tmp_path):
         "/usr/bin/steward", "patch", "apply"]
     state = json.loads((tmp_path / "patch" / "last-window.json").read_text())
     assert state["window"] == "2025-03-30T01:00:00+00:00" and state["outcome"] == "started"
+
+
+def test_the_next_window_is_reckoned_from_the_clock(tmp_path):
+    clock, runner = FakeClock(berlin(2025, 3, 28, 12)), FakeRunner()
+    record(tmp_path, berlin(2025, 3, 23, 3))
+    sched = scheduler(tmp_path, clock, runner)
+    assert sched.tick() == [] and not runner.started
+    assert sched.status()["next_start"] == "2025-03-30T01:00:00+00:00"  # Sun 03:00 CEST
+    clock.at = berlin(2025, 3, 30, 3, 1)  # the clock moved into the window: it starts
+    assert [e.kind for e in sched.tick()] == ["started"] and len(runner.started) == 1
+    assert sched.status()["next_start"] == "2025-04-06T01:00:00+00:00"  # a week on
+    later = scheduler(tmp_path, FakeClock(berlin(2025, 4, 7, 12)), FakeRunner())
+    assert [e.kind for e in later.tick()] == ["missed"]  # the 6th passed without steward
+    assert later.status()["next_start"] == "2025-04-13T01:00:00+00:00"
 
 
 def test_the_random_delay_postpones_the_start_within_its_bound(tmp_path):

@@ -21,7 +21,7 @@ REGISTRY = discover()
 # (file text, what stderr must say) — the documented error for each kind of mistake.
 BAD = [
     ("[chekcs.disk]\n",
-     r"chekcs: unknown table \(accepted: checks, restart, notify, backup, patch, usb\)"),
+     r"chekcs: unknown table \(accepted: checks, restart, alerts, notify, backup, patch, usb\)"),
     ("[checks.dsk]\nwarn = '80'\n",
      r"checks\.dsk: unknown check \(accepted: audit, certrenew, disk, .*load, .*memory, "),
     ("[checks.disk]\nwran = '80'\n",

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import QUIET, REPO
 
 
 @pytest.fixture
@@ -34,9 +34,8 @@ def daemon(tmp_path, notify_socket):
     listener.listen(8)
     port = listener.getsockname()[1]
     conf = tmp_path / "steward.toml"
-    conf.write_text(f'[checks.port]\ntargets = ["127.0.0.1:{port}"]\ninterval = 1\n'
-                    '[checks.service]\nenabled = false\n'
-                    '[checks.audit]\nenabled = false\n')  # it judges the host, not the daemon
+    conf.write_text(f'[checks.port]\ntargets = ["127.0.0.1:{port}"]\ninterval = 1\n' +
+                    QUIET)  # what judges the host, not the daemon, is off
     conf.chmod(0o600)
     env = dict(os.environ, NOTIFY_SOCKET=notify_socket[1], WATCHDOG_USEC="2000000",
                WATCHDOG_PID="", STEWARD_STATE_DIR=str(tmp_path / "state"))

@@ -11,17 +11,9 @@ from agent.config import Config
 from agent.config.schema import ConfigError, build
 from agent.env import Env
 from agent.model import Status
-from agent.system.clock import Clock
 from agent.system.commands import CommandNotFound, Completed
 from checks.logtraps import LogTrapCheck, LogTrapOptions
-
-
-class FakeClock(Clock):
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
+from tests.clocks import FakeClock
 
 
 @pytest.fixture
@@ -35,7 +27,7 @@ def log(tmp_path):
 
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return FakeClock(1_000_000.0)
 
 
 def options(**traps) -> LogTrapOptions:

@@ -159,7 +159,8 @@ def test_steward_run_mails_one_grouped_problem_and_then_the_recovery(tmp_path):
                       # the machine's own mail queue and updates are not what this is about
                       "[checks.mailqueue]\nenabled = false\n[checks.updates]\nenabled = false\n"
                       # nor the load of a busy CI machine (a third problem in the mail)
-                      "[checks.load]\nenabled = false\n"
+                      "[checks.load]\nenabled = false\n[checks.milter]\nenabled = false\n"
+                      "[checks.certrenew]\nenabled = false\n"
                       f'[checks.port]\ntargets = ["127.0.0.1:{down1}", "127.0.0.1:{down2}"]'
                       "\ninterval = 1\n")
         proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(conf),

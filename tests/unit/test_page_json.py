@@ -115,3 +115,35 @@ def test_a_bad_mail_language_is_refused_naming_the_key(tmp_path: Path):
     r = run_steward("config", "check", "--config", str(conf))
     assert r.returncode == 2 and "language" in r.stderr and '"ja"' in r.stderr.replace("'", '"')
     assert "Traceback" not in r.stderr
+
+
+# What each command the page spawns prints with --format json, by its schema; the two the
+# page reads as text are named apart.
+PAGE_JSON = {
+    ("status",): "status.schema.json", ("check",): "report.schema.json",
+    ("maintenance",): "maintenance.schema.json", ("audit",): "audit.schema.json",
+    ("usb", "list"): "usb-list.schema.json", ("backup", "list"): "backup-list.schema.json",
+    ("backup", "last"): "backup-last.schema.json", ("backup", "start"): "backup-start.schema.json",
+    ("patch", "check"): "patch-check.schema.json", ("patch", "last"): "patch-last.schema.json",
+    ("notify", "outbox"): "outbox.schema.json",
+}
+PAGE_TEXT = {("reset",), ("notify", "test")}
+GROUPS = {"backup", "patch", "usb", "notify"}  # commands with subcommands
+
+
+def test_every_command_the_page_spawns_has_a_schema_and_a_test_validating_it():
+    import re
+
+    spawned = set()
+    for js in sorted((REPO / "cockpit").glob("*.js")):
+        for first, second in re.findall(r'\[\s*"([a-z]+)"(?:\s*,\s*"([a-z-]+)")?',
+                                        js.read_text()):
+            if first == "steward":  # util.js: ["steward"].concat(args)
+                continue
+            spawned.add((first, second) if first in GROUPS else (first,))
+    assert spawned == set(PAGE_JSON) | PAGE_TEXT, spawned
+    tests = "".join(p.read_text() for p in (REPO / "tests").rglob("test_*.py"))
+    for name in PAGE_JSON.values():
+        assert (SCHEMAS / name).exists(), name
+        assert re.search(rf'(validate\(|schema\()[^)\n]*"{re.escape(name)}"', tests), \
+            f"no test validates real output against {name}"

@@ -13,7 +13,7 @@ PAGE = REPO / "cockpit"
 
 def _english() -> set[str]:
     found = set(re.findall(r'data-t="([^"]+)"', (PAGE / "index.html").read_text()))
-    for js in ("util.js", "tabs.js", "steward.js"):
+    for js in ("util.js", "reports.js", "tabs.js", "steward.js"):
         found |= set(re.findall(r'_\("((?:[^"\\]|\\.)*)"\)', (PAGE / js).read_text()))
     return found
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from agent.config import RestartOptions
+from agent.memory import Maintenance, Memory
 from agent.model import Result, Status
-from agent.policy import Maintenance, Memory, Policy, Restart
+from agent.policy import Policy, Restart
 
 OK, WARN, CRIT = Status.OK, Status.WARN, Status.CRIT
 NONE = Maintenance()
@@ -189,3 +192,26 @@ def test_a_restart_that_did_not_hold_backs_off_even_after_an_earlier_one_held():
     assert p.evaluate([svc(CRIT)], 16, NONE)[1] == [], "never came up: backoff 30 s"
     assert p.evaluate([svc(CRIT)], 39, NONE)[1] == []
     assert len(p.evaluate([svc(CRIT)], 40, NONE)[1]) == 1
+
+
+def test_an_older_state_file_loads_and_a_foreign_one_starts_afresh(tmp_path):
+    from agent.model import Status
+    from agent.state import StateDir
+
+    state = StateDir(tmp_path)
+    state.ensure()
+    old = {"checks": {"service:postfix": {"status": "CRIT", "since": 5.0, "summary": "down",
+                                          "unit": "postfix", "runs": [1], "alerted": "CRIT",
+                                          "inhibited_by": ""}},
+           "units": {"postfix": {"restarts": [1.0], "next_at": 0.0, "escalated": "",
+                                 "last_action": "restart", "streak": 1}}}
+    (tmp_path / "state.json").write_text(json.dumps(old))
+    memory = state.load_memory()
+    assert memory.checks["service:postfix"].status is Status.CRIT
+    assert memory.checks["service:postfix"].alerted is Status.CRIT and memory.notices == {}
+    state.save_memory(memory)
+    assert json.loads((tmp_path / "state.json").read_text())["checks"]["service:postfix"][
+        "status"] == "CRIT", "names on disk"
+    (tmp_path / "state.json").write_text(json.dumps(
+        {"checks": {"x": {"status": "BROKEN"}}}))
+    assert state.load_memory().checks == {}

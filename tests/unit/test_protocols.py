@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -20,7 +21,8 @@ from checks.protocols import (
     SmtpCheck,
     SmtpOptions,
 )
-from checks.tlsinfo import CertInfo, name_matches
+from checks.tlsinfo import DAY, CertInfo, judge_cert, name_matches
+from tests.clocks import FakeClock
 from tests.mailserver import MailServer, free_port, make_ca
 from tests.tlsservers import Dovecot, have_dovecot, issue_cert
 
@@ -34,13 +36,14 @@ def pki(tmp_path_factory):
     return {"ca": ca, "cert": cert, "key": key, "other_ca": other_ca, "dir": d}
 
 
-def run(check_cls, options_cls, target, **kw):
-    [r] = check_cls(options_cls(**kw), target).run(Env(Config("<test>")))
+def run(check_cls, options_cls, target, clock=None, **kw):
+    env = Env(Config("<test>"), **({"clock": clock} if clock else {}))
+    [r] = check_cls(options_cls(**kw), target).run(env)
     return r
 
 
-def smtp(target, **kw):
-    return run(SmtpCheck, SmtpOptions, target, **kw)
+def smtp(target, clock=None, **kw):
+    return run(SmtpCheck, SmtpOptions, target, clock, **kw)
 
 
 def metric(r, name):
@@ -118,6 +121,31 @@ def test_smtp_certificate_expiry_is_judged_in_days(pki, tmp_path, days, status):
     assert f"certificate expires in {days} days" in (r.summary if days < 21 else r.details)
     if status is Status.CRIT:
         assert r.restartable is False, "a restart does not renew a certificate"
+
+
+def test_the_days_left_of_the_served_certificate_are_counted_from_the_clock(pki, tmp_path):
+    clock = FakeClock(time.time())  # the certificate's dates are real ones: 200 days
+    with MailServer(tmp_path, mode="starttls", cert=pki["cert"], key=pki["key"]) as srv:
+        target, ca = f"127.0.0.1:{srv.port}", str(pki["ca"])
+        today = smtp(target, clock, ca_file=ca)
+        later = smtp(target, clock.advance(days=190), ca_file=ca)
+        last = smtp(target, clock.advance(days=5), ca_file=ca)
+    assert today.status is Status.OK and metric(today, "cert_days_left").value == 200
+    assert later.status is Status.WARN and "certificate expires in 10 days" in later.summary
+    assert metric(later, "cert_days_left").value == 10
+    assert last.status is Status.CRIT and "certificate expires in 5 days" in last.summary
+
+
+def test_judge_cert_counts_days_from_now_against_the_ranges():
+    clock = FakeClock()
+    info = CertInfo("CN=x", "CN=ca", ("DNS:mail.test",), clock.now() + 30 * DAY, "1", "TLSv1.3",
+                    "x")
+    assert [f.status for f in judge_cert(info, "mail.test", now=clock.now())[0]] == [Status.OK]
+    [found], metric_ = judge_cert(info, "mail.test", now=clock.advance(days=20).now())
+    assert found.status is Status.WARN and found.text.startswith("certificate expires in 10 days")
+    assert metric_.value == 10.0 and metric_.warn == "21:"
+    [found], _ = judge_cert(info, "mail.test", now=clock.advance(days=7).now())
+    assert found.status is Status.CRIT and found.text.startswith("certificate expires in 3 days")
 
 
 def test_closed_port_is_critical():

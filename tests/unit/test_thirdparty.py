@@ -1,7 +1,8 @@
 """A third party's package (tests/thirdparty/steward-hello: its own pyproject, built and
 installed by pip) adds a check, actions, an audit family, a source and a command to steward
 with no edit to steward: a real ``steward run`` hands its action a real event; an action
-that raises or is missing is an UNKNOWN result and a journal line, and the others go on."""
+that raises, hangs or is missing is an UNKNOWN result and a journal line, and the loop and the
+others go on."""
 
 from __future__ import annotations
 
@@ -62,12 +63,12 @@ def test_its_check_runs_in_steward_check_and_its_family_in_steward_audit(site, t
     assert rules["audit:hello.conf"]["status"] == "OK"
 
 
-def test_steward_run_gives_its_action_real_events_despite_a_broken_and_a_missing_one(
+def test_steward_run_gives_its_action_real_events_despite_a_broken_a_hanging_and_a_missing_one(
         site, tmp_path):
     events, state = tmp_path / "events.jsonl", tmp_path / "state"
     conf = tmp_path / "steward.toml"
     conf.write_text(QUIET + f'[checks.hello]\npath = "{tmp_path}/flag"\ninterval = 1\n'
-                    f'[notify.hello]\npath = "{events}"\n')
+                    f'[notify.hello]\npath = "{events}"\n[alerts]\naction_timeout = 2\n')
     conf.chmod(0o600)
     with open(tmp_path / "stderr", "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(conf),
@@ -82,7 +83,7 @@ def test_steward_run_gives_its_action_real_events_despite_a_broken_and_a_missing
                 if events.exists():
                     lines = [json.loads(x) for x in events.read_text().splitlines()]
                     if all(any(e["check"] == c for e in lines) for c in (
-                            "hello", "action:broken", "hello:heartbeat")):
+                            "hello", "action:broken", "hello:heartbeat", "action:hanging")):
                         return lines
                 time.sleep(0.1)
             raise AssertionError("no events")
@@ -95,6 +96,9 @@ def test_steward_run_gives_its_action_real_events_despite_a_broken_and_a_missing
         assert beat["kind"] == "heartbeat" and beat["summary"] == "still here"
         broken = next(e for e in lines if e["check"] == "action:broken")
         assert broken["status"] == "UNKNOWN" and "broken on purpose" in broken["summary"]
+        hanging = next(e for e in lines if e["check"] == "action:hanging")
+        assert hanging["status"] == "UNKNOWN" and "send has not returned for" in \
+            hanging["summary"]
         (tmp_path / "flag").touch()  # the check recovers: the action hears that too
         while time.monotonic() < deadline and not any(
                 e["check"] == "hello" and e["kind"] == "recovery"
@@ -110,5 +114,7 @@ def test_steward_run_gives_its_action_real_events_despite_a_broken_and_a_missing
     assert status["checks"]["action:missing"]["status"] == "UNKNOWN"
     assert "did not load" in status["checks"]["action:missing"]["summary"]
     assert status["checks"]["action:broken"]["status"] == "UNKNOWN"
+    assert status["checks"]["action:hanging"]["status"] == "UNKNOWN"
     log = (tmp_path / "stderr").read_text()
     assert "action broken: send failed" in log and "action missing failed to load" in log
+    assert "action hanging: send has not returned" in log

@@ -22,9 +22,13 @@ import jsonschema
 import pytest
 
 from actions.webhook import WebhookAction, WebhookOptions, shown
+from agent.config import from_tables
 from agent.config.schema import build
 from agent.events import Event
+from agent.memory import Memory
 from agent.model import Status
+from agent.notices import Notices
+from agent.notify import for_config
 from tests.conftest import QUIET, REPO, run_steward
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "fixtures" /
@@ -121,11 +125,12 @@ def test_alertmanager_body_fits_its_v2_schema_and_a_recovery_ends_the_alert(rece
     action = WebhookAction(_options(url=f"http://127.0.0.1:{receiver.port}",
                                     mode="alertmanager"), tmp_path, "box1")
     action.send(PROBLEM, "box1")
-    action.send(Event("recovery", PROBLEM.check, Status.OK, "port open", since=1_700_000_100),
-                "box1")
+    action.send(Event("recovery", PROBLEM.check, Status.OK, "port open", since=1_700_000_100,
+                      was=Status.CRIT), "box1")
     action.send(Event("problem", "disk:/", Status.WARN, "81% used"), "box1")
+    action.send(Event("problem", "disk:/", Status.CRIT, "99% used"), "box1")
     action.outbox.deliver(action.post, time.time())
-    assert [p["path"] for p in receiver.posts] == ["/api/v2/alerts"] * 3
+    assert [p["path"] for p in receiver.posts] == ["/api/v2/alerts"] * 4
     validator = jsonschema.Draft4Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
     for p in receiver.posts:
         validator.validate(p["body"])
@@ -133,24 +138,59 @@ def test_alertmanager_body_fits_its_v2_schema_and_a_recovery_ends_the_alert(rece
             for key in ("startsAt", "endsAt"):
                 if key in alert:
                     datetime.fromisoformat(alert[key].replace("Z", "+00:00"))
-    problem, recovery, warn = (p["body"][0] for p in receiver.posts)
+    [problem], [recovery], [warn], [warn_ended, crit] = (p["body"] for p in receiver.posts)
     assert problem["labels"]["severity"] == "crit" and problem["labels"]["instance"] == "box1"
     assert problem["labels"]["check"] == PROBLEM.check
+    assert problem["annotations"]["kind"] == "problem"
     assert "endsAt" not in problem and "endsAt" in recovery
-    assert recovery["labels"] == {**problem["labels"], "severity": "ok", "kind": "recovery"}
+    assert recovery["labels"] == problem["labels"], "the recovery ends that very alert"
     assert warn["labels"]["alertname"] == "steward_disk"
+    assert warn_ended["labels"] == warn["labels"] and "endsAt" in warn_ended, \
+        "WARN to CRIT ends the WARN alert"
+    assert crit["labels"]["severity"] == "crit" and "endsAt" not in crit
 
 
-def test_min_severity_routes_events_and_recoveries_follow_what_was_sent(receiver, tmp_path):
-    action = WebhookAction(_options(url=f"http://127.0.0.1:{receiver.port}/",
-                                    min_severity="CRIT"), tmp_path, "h")
-    action.send(Event("problem", "disk:/", Status.WARN, "81% used"), "h")
-    action.send(Event("recovery", "disk:/", Status.OK, "ok"), "h")
-    action.send(PROBLEM, "h")
-    action.send(Event("recovery", PROBLEM.check, Status.OK, "open"), "h")
+def test_what_fires_is_posted_again_and_still_fires_after_a_restart(receiver, tmp_path):
+    """Alertmanager resolves what is not re-sent within resolve_timeout: steward re-posts."""
+    opts = _options(url=f"http://127.0.0.1:{receiver.port}", mode="alertmanager")
+    action = WebhookAction(opts, tmp_path, "box1")
+    action.send(PROBLEM, "box1")
+    action.send(Event("problem", "disk:/", Status.WARN, "81% used"), "box1")
+    action.send(Event("recovery", "disk:/", Status.OK, "ok", was=Status.WARN), "box1")
     action.outbox.deliver(action.post, time.time())
-    assert [(p["body"]["check"], p["body"]["status"]) for p in receiver.posts] == [
-        (PROBLEM.check, "CRIT"), (PROBLEM.check, "OK")]
+    receiver.posts.clear()
+    t = time.time()
+    action.tick(t, {})
+    action.tick(t + 30, {})  # not yet
+    again = WebhookAction(opts, tmp_path, "box1")  # steward restarted
+    again.tick(t + 61, {})
+    assert len(receiver.posts) == 2
+    for post in receiver.posts:
+        assert [a["labels"]["check"] for a in post["body"]] == [PROBLEM.check]
+        assert "endsAt" not in post["body"][0]
+
+
+def test_its_route_picks_the_events_and_recoveries_follow_what_was_sent(receiver, tmp_path):
+    """[alerts] route.webhook = { min_severity = "CRIT" }: the notices policy decides, the
+    route picks, a recovery reaches the webhook only if its problem did."""
+    config = from_tables({"alerts": {"route": {"webhook": {"min_severity": "CRIT"}}},
+                          "notify": {"webhook": {"url": f"http://127.0.0.1:{receiver.port}/"}}},
+                         "<test>", {})
+    actions = for_config(config, tmp_path, "h")
+    notices = Notices(Memory(), config.alerts)
+    t = 1_700_000_000.0
+    for e in (Event("problem", "disk:/", Status.WARN, "81% used", since=t),
+              Event("recovery", "disk:/", Status.OK, "ok", since=t + 1),
+              PROBLEM, Event("recovery", PROBLEM.check, Status.OK, "open", since=t + 2)):
+        for told in notices.decide([e], t):
+            actions.send(told, "h")
+    actions.drain()
+    [webhook] = [a.notifier for a in actions.actions if a.name == "webhook"]
+    webhook.outbox.deliver(webhook.post, time.time())
+    actions.stop()
+    assert [(p["body"]["check"], p["body"]["status"], p["body"]["was"])
+            for p in receiver.posts] == [(PROBLEM.check, "CRIT", None),
+                                         (PROBLEM.check, "OK", "CRIT")]
 
 
 def test_the_url_as_logged_has_no_secrets():

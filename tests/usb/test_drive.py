@@ -12,12 +12,14 @@ import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.config.schema import ConfigError, build
 from tests.conftest import run_steward
 from tests.mailserver import MailServer
+from tests.schemas import validate
 from tests.usb.conftest import root_loop, sh, usb
 from usbimage.drive import NO_DRIVE, mounted_at
 from usbimage.options import UsbOptions
@@ -80,6 +82,15 @@ def generations(part: str, tmp_path: Path) -> list[dict[str, object]]:
         sh("umount", str(mnt))
 
 
+def last_report(tmp_path: Path) -> dict[str, Any]:
+    r = run_steward("backup", "last", "--format", "json", "--state-dir", str(tmp_path / "state"))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    validate(doc, "backup-last.schema.json")
+    assert doc["progress"] is None
+    return dict(doc["report"])
+
+
 def email_conf(port: int) -> str:
     return (f'[notify.email]\nto = [{{ address = "admin@example.com", min_severity = "CRIT" '
             f'}}]\nfrom = "steward@mail1.test"\nrelays = ["smtp://127.0.0.1:{port}"]\n'
@@ -105,6 +116,11 @@ class TestOnLoopDisks:
         assert [p.name for p in (tmp_path / "mnt").iterdir()] == [f".{uuid(part)}.lock"]
         [gen] = generations(part, tmp_path)
         assert gen["verified"] is True and gen["source"] == str(tmp_path / "src")
+        # The report the Cockpit page reads (steward backup last), in its schema.
+        rep = last_report(tmp_path)
+        assert rep["kind"] == "usb" and rep["ok"] and rep["drive"] == part
+        assert rep["generation"] == gen["id"] and rep["verified"] and rep["errors"] == []
+        assert rep["text"] in r.stdout and "The drive is unmounted" in rep["text"]
 
     def test_a_second_backup_to_the_drive_reuses_the_archives_of_the_first(
             self, loop_disk, tmp_path):
@@ -121,6 +137,8 @@ class TestOnLoopDisks:
         r = backup_usb(tmp_path)
         assert r.returncode == 2, r.stdout + r.stderr
         assert f"steward: {NO_DRIVE}" in r.stderr
+        rep = last_report(tmp_path)
+        assert rep["ok"] is False and rep["exit_code"] == 2 and rep["errors"] == [NO_DRIVE]
 
     def test_two_drives_are_exit_2_naming_both_and_device_picks_one(self, loop_disk, tmp_path):
         disk1, part1 = make_drive(loop_disk)

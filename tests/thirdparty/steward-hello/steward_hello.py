@@ -80,6 +80,17 @@ class BrokenAction(HelloAction):
         raise RuntimeError("broken on purpose")
 
 
+class HangingAction(BrokenAction):
+    """Never returns from its first event."""
+
+    name = "hanging"
+
+    def send(self, event, host):
+        import time
+
+        time.sleep(3600)
+
+
 def audit(ctx):
     """The hello family: one rule, whether /etc/hello.conf exists below the sysroot."""
     found = (ctx.sysroot / "etc/hello.conf").exists()
