@@ -86,7 +86,7 @@ def _flip(path: Path) -> None:
 def test_hashing_while_extracting_names_every_damaged_archive_and_takes_its_files_back(
         tmp_path: Path, target: Path) -> None:
     """The bare-metal restore's single pass (``hash_first=False``): every segment is read
-    once, hashed on its way into zstd. Two damaged ones among four running at once: both
+    once, hashed on its way into zstd. Two damaged ones of four, extracted several at once: both
     named, the files written from them removed, the intact ones' files kept, and nothing of
     what comes after the files (held links, directory times) done."""
     src = tmp_path / "src"
