@@ -105,18 +105,22 @@ def verify(gen: Generation, live: str | None = None, clock: Clock | None = None,
             continue
         if seg is not None and seg["sha256"] != sums[name]:
             report.problems.append(f"{name}: manifest and SHA256SUMS disagree")
-        if not archives and seg is not None:
+        if seg is not None:  # the size first: a short archive is named as such, at once
             try:
                 size = os.stat(gen.path / name).st_size
             except OSError as e:
                 report.problems.append(f"{name}: unreadable: {e.strerror}")
                 continue
-            report.checked += 1
-            report.bytes += size
             if seg.get("stored", size) != size:
+                report.checked += 1
+                report.bytes += size
                 report.problems.append(f"{name}: damaged ({size} bytes, not the "
                                        f"{seg['stored']} written); it holds {_holds(gen, seg)}")
-            continue
+                continue
+            if not archives:
+                report.checked += 1
+                report.bytes += size
+                continue
         try:
             digest, size = archive.hash_file(str(gen.path / name))
         except ArchiveError as e:

@@ -7,13 +7,13 @@ plan; check the generation is whole (manifest, SHA256SUMS, every index against i
 every archive there with the size written); get the target disks' names typed (or --yes);
 then partition, LVM, filesystems, extract, fixes, boot loader, report.
 
-Each archive is read once, by the extraction, hashed on the way (``hash_first=False``; the
-small archives of directories are extracted twice, as before), not three times (verify,
-hash, extract). Safe here though ``restore-file`` into a live system must hash first: the
-filesystems were just made, tar overwrites nothing that could be lost, and a damaged
-archive is still no restore — its files are removed again, the restore FAILS naming it, no
-symlinks, directory times, fixes, boot loader or report follow, so nothing of it is left
-looking restored. A damaged generation found before any disk is touched: ``--plan``.
+Every archive is read against its sha256 before any disk is written: a damaged generation
+(the drive's bits rotted, or it is hostile) is refused while the target disks still hold
+what they held, which the administrator may yet need. The extraction hashes each archive
+again on its way into zstd (``hash_first=False``) instead of a third read before it (was:
+verify, hash, extract): a drive that gives other bytes the second time fails the restore
+naming the archive, its files removed again, no symlinks, directory times, fixes, boot
+loader or report after it, so nothing of it is left looking restored.
 """
 
 from __future__ import annotations
@@ -55,10 +55,11 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
         "UUIDs and labels) on the disks present, extract the generation, restore SELinux "
         "labels, fix fstab and the boot loader configuration where UUIDs had to change, "
         "reinstall the boot loader for the saved boot mode and leave a report in "
-        f"/{REPORT}. The generation is checked to be whole before any disk is written, and "
-        "each archive against its sha256 as it is extracted (--plan: every archive, before "
-        "anything). Exit 0 restored, 1 failed (a damaged archive: named, its files removed, "
-        "no boot loader) or aborted, 2 refused (bad arguments, no disk fits, a disk in use).")
+        f"/{REPORT}. Every archive is checked against its sha256 before any disk is written, "
+        "and again as it is extracted. Exit 0 restored, 1 failed or aborted (a damaged "
+        "generation: nothing written; an archive read differently while extracted: named, "
+        "its files removed, no boot loader), 2 refused (bad arguments, no disk fits, a disk "
+        "in use).")
     common(r)
     r.add_argument("generation", nargs="?", metavar="GEN",
                    help="the generation (default: the newest verified one)")
@@ -243,14 +244,13 @@ def restore_command(args: argparse.Namespace, runner: CommandRunner, gen: Genera
 
     plan = plan_for(gen, runner, _parse_map(args.map), args.new_uuids)
     out.write(text(plan))
-    out.write(f"checking {'every archive' if args.plan else 'the generation'} of {gen.id} "
-              f"{'against its sha256 ' if args.plan else ''}before writing...\n")
+    out.write(f"checking every archive of {gen.id} against its sha256 before writing...\n")
     out.flush()
     clock = Clock()
     checking = clock.monotonic()
     try:
         check_manifest(gen, gen.manifest())
-        report = verify(gen, archives=args.plan)
+        report = verify(gen, archives=True)
     except Damaged as e:
         report = VerifyReport(gen.id, problems=[str(e)])
     if not report.ok:
@@ -263,8 +263,8 @@ def restore_command(args: argparse.Namespace, runner: CommandRunner, gen: Genera
         out.write(f"archives intact: {report.checked} files, {human(report.bytes)}\n")
         out.write("--plan: nothing written\n")
         return 0
-    out.write(f"generation whole: {report.checked} files, {human(report.bytes)}; each archive "
-              "is checked against its sha256 as it is extracted\n")
+    out.write(f"generation whole: every archive intact ({report.checked} files, "
+              f"{human(report.bytes)}); each is hashed again as it is extracted\n")
     checked = clock.monotonic() - checking
     if not args.yes and not _confirmed(plan, stdin, out):
         out.write("aborted: nothing was written\n")
