@@ -16,7 +16,7 @@ import dns.message
 import dns.query
 import dns.rcode
 
-from tests.netutil import free_port
+from tests.netutil import free_port, stop_process
 
 SBIN = "/usr/sbin:/sbin"
 
@@ -110,12 +110,7 @@ def named_process(conf: Path, ready: Callable[[subprocess.Popen[bytes]], bool],
             time.sleep(0.1)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
         log.close()
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+from typing import Any
 
 
 def free_port() -> int:
@@ -11,3 +13,15 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """A test server's process ended: SIGTERM, then SIGKILL if it does not go in time."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)

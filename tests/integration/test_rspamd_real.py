@@ -22,7 +22,7 @@ from agent.env import Env
 from agent.model import Status
 from checks.milters import MilterCheck, MilterOptions
 from tests.integration.test_milters import postfix_dir
-from tests.netutil import free_port
+from tests.netutil import free_port, stop_process
 
 RSPAMD = shutil.which("rspamd")
 REDIS = shutil.which("redis-server")
@@ -37,13 +37,7 @@ PASSWORD = "s3cret-redis"
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    stop_process(proc, timeout=15)
 
 
 @pytest.fixture(scope="module")
