@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.events import Event
-from agent.fileio import write_atomic
+from agent.fileio import read_json, write_atomic
 from agent.model import Status
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Firing:
         self.path = path
         self.alerts: dict[str, dict[str, Any]] = {}
         try:
-            data = json.loads(path.read_text())
+            data = read_json(path)
             if isinstance(data, dict):
                 self.alerts = {k: v for k, v in data.items() if isinstance(v, dict)}
         except FileNotFoundError:
@@ -80,10 +80,10 @@ class Firing:
             out.append(ended)
             self.alerts.pop(event.check, None)
         else:
-            if old and old.get("labels") != new["labels"]:
-                out.append({**old, "endsAt": iso(now)})  # the severity changed
             if old and old.get("labels") == new["labels"]:
-                new["startsAt"] = old.get("startsAt", new["startsAt"])
+                new["startsAt"] = old.get("startsAt", new["startsAt"])  # the same alert goes on
+            elif old:
+                out.append({**old, "endsAt": iso(now)})  # the severity changed: that one ends
             out.append(new)
             self.alerts[event.check] = new
         self.save()

@@ -61,10 +61,3 @@ class Event:
         return cls(**{**fields, "status": Status[str(data["status"])],
                       "actions": tuple(data.get("actions", ())),
                       "was": Status[str(was)] if was else None})
-
-
-def at_least(status: Status, minimum: str | Status) -> bool:
-    """Whether ``status`` is as severe as ``minimum`` (a Status or its name), in the one
-    severity order: OK < WARN < UNKNOWN < CRIT."""
-    floor = minimum if isinstance(minimum, Status) else Status[minimum]
-    return status.severity >= floor.severity

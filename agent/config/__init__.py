@@ -238,9 +238,9 @@ def from_tables(data: Mapping[str, Any], source: str, plugins: Mapping[str, type
     unloaded = {k: v for k, v in tables.items() if k in broken}
     sections = {path: build(cls, _section(data, path, source), source, path)
                 for path, cls in SECTIONS.items()}
+    email, alerts = _section(data, "notify.email", source), _section(data, "alerts", source)
     for key in MOVED:  # an older config's [notify.email] key, or [alerts]: not both
-        if key in _section(data, "notify.email", source) and key in _section(data, "alerts",
-                                                                             source):
+        if key in email and key in alerts:
             raise ConfigError(source, f"notify.email.{key}", _ABSENT, "set in [alerts] too "
                               "(it moved there and holds for every action)",
                               f"remove it from [notify.email]; keep [alerts] {key}")

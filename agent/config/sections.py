@@ -155,9 +155,6 @@ class AlertOptions:
     action_timeout: float = option(30.0, number(1, 3600), "seconds one call of an action may "
                                    "take before it is reported as hanging (UNKNOWN)")
 
-    def route_of(self, action: str) -> Route:
-        return (self.route or {}).get(action, Route())
-
 
 PATH = Parser(_path, "an absolute path")
 
