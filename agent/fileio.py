@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -97,10 +98,14 @@ MAX_JSON = 16 * 1024 * 1024  # bytes of a JSON file steward reads whole (its own
 
 
 def read_json(path: str | os.PathLike[str], limit: int = MAX_JSON) -> Any:
-    """A JSON file that may be hostile (a USB drive's manifest): at most ``limit`` bytes,
-    nesting that would exhaust the parser's recursion refused; every refusal a ValueError
-    that says why (OSError as the file gives it)."""
-    with open(path, "rb") as fh:
+    """A JSON file that may be hostile (a USB drive's manifest): a regular file (a FIFO would
+    block the read forever), at most ``limit`` bytes, nesting that would exhaust the parser's
+    recursion refused; every refusal a ValueError that says why (OSError as the file gives
+    it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
         raw = fh.read(limit + 1)
     if len(raw) > limit:
         raise ValueError(f"larger than {limit} bytes")

@@ -215,11 +215,16 @@ def test_a_segment_not_in_stewards_format_is_refused_from_that_header_on(
     (b"[" * 100_000, "nested too deep"),
     (b'{"format": 1, "pad": "' + b"x" * (17 << 20) + b'"}', "larger than 16777216 bytes"),
     (b"\xff\xfe", "not UTF-8 text"),
-], ids=["nested", "oversize", "not-utf8"])
+    (b"fifo", "not a regular file"),
+], ids=["nested", "oversize", "not-utf8", "fifo"])
 def test_a_hostile_manifest_is_a_clear_error(tmp_path: Path, target: Path, damage: bytes,
                                              why: str) -> None:
     gen = _generation(tmp_path, target)
-    (gen / "manifest.json").write_bytes(damage)
+    (gen / "manifest.json").unlink()
+    if damage == b"fifo":  # opening it for reading would wait for a writer forever
+        os.mkfifo(gen / "manifest.json")
+    else:
+        (gen / "manifest.json").write_bytes(damage)
     r = backup("restore-file", gen.name, "/etc/ok", "--to", str(tmp_path / "to"), "--target",
                str(target))
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
